@@ -1,0 +1,100 @@
+"""Attribution maps from a layer's activations and the gradient of a score.
+
+Pure functions on tensors (``keras.ops``), usable without :class:`GradMixModel`,
+e.g. in a custom training loop::
+
+    acts, grads = ...                      # (B, h, w, C) each, channels last
+    maps = gradcam(acts, grads)            # (B, h, w)
+    maps = resize_maps(maps, (28, 28))     # (B, 28, 28)
+    maps = normalize_maps(maps)            # each map in [0, 1]
+
+All maths runs in float32 whatever the model's dtype policy.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+TARGETS = ("label", "prediction", "loss")
+NORMALIZATIONS = ("image", "batch")
+
+
+def gradcam(activations, gradients):
+    """Grad-CAM (Selvaraju et al. 2017) of channels-last activations.
+
+    Channel weights are the spatial mean of the gradient; the map is the ReLU of
+    the weighted sum of the activation channels.
+
+    Args:
+        activations: ``(B, h, w, C)`` output of the attributed layer.
+        gradients: ``(B, h, w, C)`` gradient of the score with respect to it.
+
+    Returns:
+        ``(B, h, w)`` float32 maps, not normalised.
+    """
+    activations = ops.cast(activations, "float32")
+    gradients = ops.cast(gradients, "float32")
+    weights = ops.mean(gradients, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+    return ops.relu(ops.sum(weights * activations, axis=-1))
+
+
+def resize_maps(maps, size: tuple[int, int]):
+    """Bilinear resize of ``(B, h, w)`` maps to ``size = (H, W)`` (half-pixel centres)."""
+    maps = ops.cast(maps, "float32")
+    if tuple(maps.shape[1:3]) == tuple(size):
+        return maps
+    resized = ops.image.resize(
+        maps[..., None], size, interpolation="bilinear", data_format="channels_last"
+    )
+    return resized[..., 0]
+
+
+def normalize_maps(maps, mode: str = "image", epsilon: float = 1e-8):
+    """Min-max normalise ``(B, H, W)`` maps to [0, 1].
+
+    ``mode="image"`` uses each map's own minimum and maximum (standard Grad-CAM);
+    ``mode="batch"`` one minimum and maximum over the whole batch, as the GradMix
+    reference code does. A constant map becomes all zeros.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}.")
+    maps = ops.cast(maps, "float32")
+    axis = (1, 2) if mode == "image" else None
+    low = ops.min(maps, axis=axis, keepdims=True)
+    high = ops.max(maps, axis=axis, keepdims=True)
+    return (maps - low) / (high - low + epsilon)
+
+
+def attribution_maps(
+    activations,
+    gradients,
+    image_size: tuple[int, int],
+    normalize: str = "image",
+):
+    """Grad-CAM maps at the image resolution, normalised to [0, 1]: ``(B, H, W)``."""
+    maps = resize_maps(gradcam(activations, gradients), image_size)
+    return normalize_maps(maps, normalize)
+
+
+def target_scores(y_true, y_pred, target: str = "label"):
+    """Per-sample score whose gradient is attributed, for a classifier.
+
+    Args:
+        y_true: one-hot (or soft) labels ``(B, K)``, float.
+        y_pred: model outputs ``(B, K)`` (logits, or probabilities when the
+            model ends with a softmax; Grad-CAM proper uses logits).
+        target: ``"label"``: output at the ground-truth class;
+            ``"prediction"``: output at the predicted (arg-max) class.
+            (``"loss"`` is handled by the caller, which owns the loss.)
+
+    Returns:
+        ``(B,)`` float32 scores.
+    """
+    y_pred = ops.cast(y_pred, "float32")
+    if target == "label":
+        weights = ops.cast(y_true, "float32")
+    elif target == "prediction":
+        weights = ops.one_hot(ops.argmax(y_pred, axis=-1), y_pred.shape[-1])
+    else:
+        raise ValueError(f"target must be 'label' or 'prediction' here, got {target!r}.")
+    return ops.sum(ops.stop_gradient(weights) * y_pred, axis=-1)

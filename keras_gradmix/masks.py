@@ -1,0 +1,136 @@
+"""Where to mask: the masked-area fraction and the box around an attribution peak.
+
+Pure, XLA-compilable functions (``keras.ops``, no Beta/Gamma ops, no loops over
+the batch)::
+
+    area = sample_mask_area((), seed=keras.random.SeedGenerator(0))  # in [0.1, 0.5]
+    mask, masked = box_masks(maps, area)   # (B, H, W) bool, (B,) real area fraction
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+# Marsaglia-Tsang proposals drawn at once; P(all rejected) <= 0.05**16 ~ 1.5e-21.
+_GAMMA_PROPOSALS = 16
+
+
+def validate_mask_area(mask_area) -> tuple[float, float]:
+    """Checks ``mask_area=(low, high)`` with ``0 < low <= high < 1``; returns floats."""
+    try:
+        low, high = (float(v) for v in mask_area)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"mask_area must be a pair (low, high) of fractions of the image, got "
+            f"{mask_area!r}. Example: mask_area=(0.1, 0.5)."
+        ) from None
+    if not 0.0 < low <= high < 1.0:
+        raise ValueError(
+            f"mask_area must satisfy 0 < low <= high < 1 (fractions of the image "
+            f"area), got {mask_area!r}. Example: mask_area=(0.1, 0.5)."
+        )
+    return low, high
+
+
+def sample_gamma(shape, concentration: float, seed=None):
+    """Gamma(concentration, 1) samples built from normal and uniform draws only.
+
+    Marsaglia & Tsang (2000) with a fixed number of vectorised proposals (the
+    first accepted one is returned), so it compiles with XLA, unlike the Gamma
+    ops behind ``keras.random.gamma``/``beta``. Concentrations below 1 use
+    ``Gamma(a) = Gamma(a + 1) * U ** (1 / a)``.
+    """
+    shape = tuple(shape)
+    a = float(concentration)
+    if a <= 0:
+        raise ValueError(f"Gamma concentration must be > 0, got {concentration}.")
+    boost = a < 1.0
+    d = (a + 1.0 if boost else a) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    proposals = (_GAMMA_PROPOSALS,) + shape
+    x = keras.random.normal(proposals, seed=seed)
+    u = keras.random.uniform(proposals, seed=seed)
+    v = ops.maximum(1.0 + c * x, 1e-6) ** 3  # v <= 0 proposals are rejected below
+    accept = (1.0 + c * x > 0) & (
+        ops.log(u) < 0.5 * x * x + d - d * v + d * ops.log(v)
+    )
+    first = ops.argmax(ops.cast(accept, "int32"), axis=0)  # first accepted proposal
+    gamma = ops.take_along_axis(d * v, first[None], axis=0)[0]
+    if boost:
+        gamma = gamma * keras.random.uniform(shape, seed=seed) ** (1.0 / a)
+    return gamma
+
+
+def sample_beta(shape, alpha: float = 1.0, beta: float = 1.0, seed=None):
+    """Beta(alpha, beta) samples that compile with XLA (uniform when alpha = beta = 1)."""
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}.")
+    if alpha == 1.0 and beta == 1.0:
+        return keras.random.uniform(tuple(shape), seed=seed)
+    x = sample_gamma(shape, alpha, seed=seed)
+    y = sample_gamma(shape, beta, seed=seed)
+    return x / (x + y)
+
+
+def sample_mask_area(
+    shape=(),
+    mask_area: tuple[float, float] = (0.1, 0.5),
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed=None,
+):
+    """Masked-area fractions, as in the paper: ``1 - lam``, ``lam = 0.5 + 0.4 u``.
+
+    With ``u ~ Beta(alpha, beta)`` and ``mask_area = (low, high)`` the masked
+    fraction is ``high - (high - low) * u``, i.e. ``lam = 1 - high + (high - low) u``;
+    the defaults give the paper's ``lam = 0.5 + 0.4 u`` (10-50 % of the image).
+    """
+    low, high = validate_mask_area(mask_area)
+    u = sample_beta(shape, alpha, beta, seed=seed)
+    return high - (high - low) * u
+
+
+def peak_positions(maps):
+    """Row and column of each map's maximum (the first one in raster order on ties)."""
+    width = maps.shape[2]
+    flat = ops.argmax(ops.reshape(maps, (ops.shape(maps)[0], -1)), axis=-1)
+    flat = ops.cast(flat, "int32")
+    return flat // width, flat % width
+
+
+def box_masks(maps, area):
+    """Boxes centred on each map's peak, covering ``area`` of the image before clipping.
+
+    The box has the image's aspect ratio, sides ``round(H * sqrt(area))`` by
+    ``round(W * sqrt(area))``, rows ``[cy - side_h // 2, cy - side_h // 2 + side_h)``
+    (columns alike), clipped at the border.
+
+    Args:
+        maps: ``(B, H, W)`` attribution maps at image resolution.
+        area: masked-area fraction, a scalar or ``(B,)``.
+
+    Returns:
+        ``mask``: ``(B, H, W)`` bool, True inside the box; ``masked``: ``(B,)``
+        float32, the real (clipped) masked fraction of each image.
+    """
+    height, width = maps.shape[1], maps.shape[2]
+    batch = ops.shape(maps)[0]
+    area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
+    side = ops.sqrt(area)
+    side_h = ops.cast(ops.floor(height * side + 0.5), "int32")
+    side_w = ops.cast(ops.floor(width * side + 0.5), "int32")
+    cy, cx = peak_positions(maps)
+    top = cy - side_h // 2
+    left = cx - side_w // 2
+    rows = ops.arange(height, dtype="int32")[None, :]  # (1, H)
+    cols = ops.arange(width, dtype="int32")[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + side_h)[:, None])  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + side_w)[:, None])  # (B, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :]
+    rows_in = ops.clip(top + side_h, 0, height) - ops.clip(top, 0, height)
+    cols_in = ops.clip(left + side_w, 0, width) - ops.clip(left, 0, width)
+    masked = ops.cast(rows_in * cols_in, "float32") / float(height * width)
+    return mask, masked

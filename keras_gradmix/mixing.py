@@ -1,0 +1,79 @@
+"""What goes into the masked region: noise, a constant, or a partner image.
+
+Pure, XLA-compilable functions (``keras.ops``)::
+
+    masked = apply_fill(images, mask, "noise", seed=seed)           # U[0, 1) noise
+    partner = random_partner(batch_size, seed=seed)
+    mixed = apply_fill(images, mask, "mix", partner=partner)         # CutMix-style paste
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+from keras import ops
+
+FILLS = ("noise", "mix")
+
+
+def validate_fill(fill) -> str | float:
+    """``"noise"``, ``"mix"`` or a number; anything else is a ValueError."""
+    if isinstance(fill, bool) or not isinstance(fill, (str, numbers.Real)):
+        raise ValueError(
+            f"fill must be 'noise', 'mix' or a number (a constant pixel value), "
+            f"got {fill!r}."
+        )
+    if isinstance(fill, str) and fill not in FILLS:
+        raise ValueError(
+            f"fill must be 'noise', 'mix' or a number (a constant pixel value), "
+            f"got {fill!r}."
+        )
+    return fill if isinstance(fill, str) else float(fill)
+
+
+def random_partner(batch_size, seed=None):
+    """A random permutation of ``range(batch_size)`` (argsort of uniforms: XLA-safe)."""
+    return ops.argsort(keras.random.uniform((batch_size,), seed=seed))
+
+
+def apply_fill(
+    images,
+    mask,
+    fill="noise",
+    *,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    partner=None,
+    seed=None,
+):
+    """Replaces the pixels of ``images`` where ``mask`` is True.
+
+    Args:
+        images: ``(B, H, W, C)`` images, channels last.
+        mask: ``(B, H, W)`` bool, True where the image is replaced.
+        fill: ``"noise"``: uniform noise in ``value_range``, one value per pixel
+            shared by all channels (as the GradMix reference code);
+            ``"mix"``: the same pixels of ``images[partner]``;
+            a number: that constant.
+        value_range: range of the noise, in the images' own value range.
+        partner: ``(B,)`` partner indices, required for ``"mix"``.
+        seed: ``int`` or ``keras.random.SeedGenerator`` for the noise.
+
+    Returns:
+        Float images, same shape; pixels outside the mask are unchanged.
+    """
+    fill = validate_fill(fill)
+    images = ops.convert_to_tensor(images)
+    if not keras.backend.is_float_dtype(images.dtype):
+        images = ops.cast(images, "float32")
+    if fill == "noise":
+        low, high = value_range
+        shape = (ops.shape(images)[0], images.shape[1], images.shape[2], 1)
+        content = keras.random.uniform(shape, low, high, seed=seed, dtype=images.dtype)
+    elif fill == "mix":
+        if partner is None:
+            raise ValueError("fill='mix' needs partner indices, e.g. random_partner(B).")
+        content = ops.take(images, partner, axis=0)
+    else:
+        content = ops.cast(fill, images.dtype)
+    return ops.where(mask[..., None], content, images)
