@@ -35,6 +35,18 @@ def validate_mask_area(mask_area) -> tuple[float, float]:
     return low, high
 
 
+def split_seed(seed, count: int) -> list:
+    """Seeds for ``count`` independent draws.
+
+    A ``SeedGenerator`` (or None, the global one) advances by itself at each
+    draw. One int reused for several draws would make them identical streams,
+    so an int gives ``count`` distinct derived ints.
+    """
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return [(seed * 1_000_003 + k) % (2**31 - 1) for k in range(count)]
+    return [seed] * count
+
+
 def sample_gamma(shape, concentration: float, seed=None):
     """Gamma(concentration, 1) samples built from normal and uniform draws only.
 
@@ -51,8 +63,9 @@ def sample_gamma(shape, concentration: float, seed=None):
     d = (a + 1.0 if boost else a) - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     proposals = (_GAMMA_PROPOSALS,) + shape
-    x = keras.random.normal(proposals, seed=seed)
-    u = keras.random.uniform(proposals, seed=seed)
+    seeds = split_seed(seed, 3)
+    x = keras.random.normal(proposals, seed=seeds[0])
+    u = keras.random.uniform(proposals, seed=seeds[1])
     v = ops.maximum(1.0 + c * x, 1e-6) ** 3  # v <= 0 proposals are rejected below
     accept = (1.0 + c * x > 0) & (
         ops.log(u) < 0.5 * x * x + d - d * v + d * ops.log(v)
@@ -60,7 +73,7 @@ def sample_gamma(shape, concentration: float, seed=None):
     first = ops.argmax(ops.cast(accept, "int32"), axis=0)  # first accepted proposal
     gamma = ops.take_along_axis(d * v, first[None], axis=0)[0]
     if boost:
-        gamma = gamma * keras.random.uniform(shape, seed=seed) ** (1.0 / a)
+        gamma = gamma * keras.random.uniform(shape, seed=seeds[2]) ** (1.0 / a)
     return gamma
 
 
@@ -70,8 +83,9 @@ def sample_beta(shape, alpha: float = 1.0, beta: float = 1.0, seed=None):
         raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}.")
     if alpha == 1.0 and beta == 1.0:
         return keras.random.uniform(tuple(shape), seed=seed)
-    x = sample_gamma(shape, alpha, seed=seed)
-    y = sample_gamma(shape, beta, seed=seed)
+    seed_x, seed_y = split_seed(seed, 2)
+    x = sample_gamma(shape, alpha, seed=seed_x)
+    y = sample_gamma(shape, beta, seed=seed_y)
     return x / (x + y)
 
 

@@ -292,7 +292,7 @@ class GradMixModel(keras.Model):
             if isinstance(layer, keras.layers.BatchNormalization)
             for v in (layer.moving_mean, layer.moving_variance)
         ]
-        saved = [ops.convert_to_tensor(v) for v in variables]
+        saved = [ops.copy(v) for v in variables]  # a snapshot, not the variable
         yield
         for variable, value in zip(variables, saved):
             variable.assign(value)
@@ -341,12 +341,11 @@ class GradMixModel(keras.Model):
                 f"channels), channels last; got shape {tuple(x.shape)}."
             )
 
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        if self._compile_loss is None:
+    def check_compiled(self):
+        if getattr(self, "_compile_loss", None) is None:
             raise ValueError(
-                "GradMixModel.compile needs a loss, e.g. "
-                "loss='sparse_categorical_crossentropy'."
+                "GradMixModel trains with the loss given to compile(); compile it "
+                "with one, e.g. loss='sparse_categorical_crossentropy'."
             )
 
     # ---------------------------------------------------------------- config

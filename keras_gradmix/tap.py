@@ -18,8 +18,12 @@ import keras
 
 
 def _children(layer) -> list:
-    # Model.layers is this for models; plain layers only have the private form.
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    # Like Model.layers, which plain layers lack (only the private form).
+    return [
+        child
+        for child in layer._flatten_layers(include_self=False, recursive=False)
+        if not isinstance(child, keras.layers.InputLayer)
+    ]
 
 
 def iter_layers(model, prefix: str = "") -> Iterator[tuple[str, keras.Layer]]:

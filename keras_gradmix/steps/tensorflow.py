@@ -15,6 +15,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    gm.check_compiled()
     gm.check_images(x)
     # One persistent tape: the clean forward serves both the attribution and,
     # in paired mode, the clean loss; no second clean forward.

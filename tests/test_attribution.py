@@ -1,0 +1,78 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_gradmix import attribution_maps, gradcam, normalize_maps, resize_maps, target_scores
+
+
+def test_gradcam_on_hand_built_tensors():
+    # 1 image, 2x2 map, 2 channels.
+    acts = np.array([[[[1.0, 2.0], [0.0, 1.0]], [[3.0, 0.0], [1.0, 1.0]]]])
+    grads = np.zeros_like(acts)
+    grads[..., 0] = 0.5  # channel weight 0.5
+    grads[..., 1] = np.array([[-1.0, -1.0], [-1.0, -3.0]])  # channel weight -1.5
+    cam = np.asarray(gradcam(acts, grads))
+    # 0.5 * A0 - 1.5 * A1, then ReLU.
+    expected = np.maximum(0.5 * acts[0, ..., 0] - 1.5 * acts[0, ..., 1], 0)
+    np.testing.assert_allclose(cam[0], expected)
+    np.testing.assert_allclose(cam[0], [[0.0, 0.0], [1.5, 0.0]])
+    assert cam.dtype == np.float32
+
+
+def test_gradcam_computes_in_float32_from_float16():
+    acts = np.full((1, 2, 2, 1), 300.0, np.float16)
+    grads = np.full((1, 2, 2, 1), 300.0, np.float16)  # product overflows float16
+    cam = np.asarray(gradcam(acts, grads))
+    assert cam.dtype == np.float32
+    np.testing.assert_allclose(cam, 90000.0)
+
+
+def test_normalize_per_image_and_per_batch():
+    maps = np.array([[[0.0, 2.0], [1.0, 4.0]], [[10.0, 10.0], [10.0, 12.0]]])
+    per_image = np.asarray(normalize_maps(maps, "image"))
+    np.testing.assert_allclose(per_image[0], [[0, 0.5], [0.25, 1]], atol=1e-6)
+    np.testing.assert_allclose(per_image[1], [[0, 0], [0, 1]], atol=1e-6)
+    per_batch = np.asarray(normalize_maps(maps, "batch"))
+    np.testing.assert_allclose(per_batch, maps / 12.0, atol=1e-6)
+
+
+def test_constant_map_normalises_to_zero_not_nan():
+    out = np.asarray(normalize_maps(np.full((2, 3, 3), 7.0)))
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_resize_is_bilinear_half_pixel():
+    maps = np.array([[[0.0, 1.0]]])  # 1x2 -> 1x4
+    out = np.asarray(resize_maps(maps, (1, 4)))
+    # Half-pixel centres: output x -> input (x + 0.5) / 2 - 0.5, clamped.
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.25, 0.75, 1.0])
+    same = np.asarray(resize_maps(maps, (1, 2)))
+    np.testing.assert_array_equal(same, maps)
+
+
+def test_attribution_maps_match_reference_pipeline():
+    rng = np.random.default_rng(1)
+    acts = rng.random((3, 7, 5, 4)).astype("float32")
+    grads = rng.normal(size=(3, 7, 5, 4)).astype("float32")
+    out = np.asarray(attribution_maps(acts, grads, (14, 10)))
+    cam = np.maximum(np.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2))), 0)
+    up = tf.image.resize(cam[..., None], (14, 10), method="bilinear").numpy()[..., 0]
+    lo = up.min(axis=(1, 2), keepdims=True)
+    hi = up.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(out, (up - lo) / (hi - lo + 1e-8), atol=1e-5)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_target_scores_label_and_prediction():
+    y_pred = np.array([[1.0, 3.0, 2.0], [5.0, 0.0, -1.0]], "float32")
+    y_true = np.array([[0, 0, 1], [0, 1, 0]], "float32")
+    np.testing.assert_allclose(target_scores(y_true, y_pred, "label"), [2.0, 0.0])
+    np.testing.assert_allclose(target_scores(y_true, y_pred, "prediction"), [3.0, 5.0])
+    with pytest.raises(ValueError, match="target"):
+        target_scores(y_true, y_pred, "loss")
+
+
+def test_normalize_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        normalize_maps(np.zeros((1, 2, 2)), "global")

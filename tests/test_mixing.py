@@ -1,0 +1,66 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_gradmix import apply_fill, random_partner
+from keras_gradmix.mixing import validate_fill
+
+
+def box(shape, rows, cols):
+    mask = np.zeros(shape, bool)
+    mask[:, rows[0] : rows[1], cols[0] : cols[1]] = True
+    return mask
+
+
+def test_noise_fills_only_inside_the_box_shared_across_channels():
+    images = np.full((4, 8, 10, 3), -5.0, "float32")  # outside the noise range
+    mask = box((4, 8, 10), (2, 6), (3, 9))
+    out = np.asarray(apply_fill(images, mask, "noise", value_range=(0.2, 0.7), seed=0))
+    np.testing.assert_array_equal(out[~mask], images[~mask])
+    inside = out[mask]  # (pixels, channels)
+    assert inside.min() >= 0.2 and inside.max() < 0.7
+    np.testing.assert_array_equal(inside[:, 0], inside[:, 1])  # one value per pixel
+    np.testing.assert_array_equal(inside[:, 0], inside[:, 2])
+    assert np.unique(inside[:, 0]).size > 0.9 * inside.shape[0]  # noise, not a constant
+
+
+def test_constant_fill():
+    images = np.random.default_rng(0).random((2, 5, 5, 1)).astype("float32")
+    mask = box((2, 5, 5), (0, 2), (1, 4))
+    out = np.asarray(apply_fill(images, mask, 0.5))
+    np.testing.assert_array_equal(out[mask], 0.5)
+    np.testing.assert_array_equal(out[~mask], images[~mask])
+
+
+def test_mix_pastes_the_partner_box():
+    images = np.arange(3, dtype="float32")[:, None, None, None] * np.ones((3, 4, 4, 2), "float32")
+    mask = box((3, 4, 4), (1, 3), (1, 3))
+    partner = np.array([2, 0, 1])
+    out = np.asarray(apply_fill(images, mask, "mix", partner=partner))
+    for i, j in enumerate(partner):
+        np.testing.assert_array_equal(out[i][mask[i]], j)
+        np.testing.assert_array_equal(out[i][~mask[i]], i)
+
+
+def test_integer_images_become_float():
+    images = np.full((1, 4, 4, 1), 200, "uint8")
+    out = apply_fill(images, box((1, 4, 4), (0, 2), (0, 2)), 0.0)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+def test_random_partner_is_a_permutation_and_seeded():
+    p = np.asarray(random_partner(50, seed=keras.random.SeedGenerator(3)))
+    np.testing.assert_array_equal(np.sort(p), np.arange(50))
+    q = np.asarray(random_partner(50, seed=keras.random.SeedGenerator(3)))
+    np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("bad", ["blur", None, True, [0.5]])
+def test_unknown_fill_is_rejected(bad):
+    with pytest.raises(ValueError, match="fill must be 'noise', 'mix' or a number"):
+        validate_fill(bad)
+
+
+def test_mix_without_partner_is_rejected():
+    with pytest.raises(ValueError, match="partner"):
+        apply_fill(np.zeros((1, 2, 2, 1)), np.ones((1, 2, 2), bool), "mix")
