@@ -83,6 +83,9 @@ class GradMixModel(keras.Model):
     Example:
 
     ```python
+    import numpy as np
+    x_train = np.random.rand(64, 28, 28, 1).astype("float32")  # images in [0, 1]
+    y_train = np.random.randint(0, 10, 64)
     model = keras.Sequential([
         keras.Input((28, 28, 1)),
         keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
@@ -92,7 +95,7 @@ class GradMixModel(keras.Model):
     gm = GradMixModel(model, layer="conv", seed=0)
     gm.compile(optimizer="adam",
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    gm.fit(x_train, y_train, epochs=1)    # images in [0, 1]
+    gm.fit(x_train, y_train, epochs=1)
     gm.model.save("plain.keras")          # the wrapped model, GradMix-free
     ```
     """
@@ -312,6 +315,12 @@ class GradMixModel(keras.Model):
                 f"{self.model.name!r} returned shape {tuple(y_pred.shape)}."
             )
         classes = y_pred.shape[-1]
+        if classes == 1 and self.target != "loss":
+            raise ValueError(
+                f"target={self.target!r} needs class scores (batch, classes >= 2); "
+                f"{self.model.name!r} has a single output unit. Use target='loss', "
+                f"or a 2-unit softmax output."
+            )
         if isinstance(y, (list, tuple, dict)) or y is None:
             raise ValueError(
                 "GradMixModel needs one label tensor per batch, (x, y) or "

@@ -235,3 +235,23 @@ def test_short_real_training_run_loss_falls(mnist):
     assert losses[0] > losses[1] > losses[2]
     assert after["loss"] < 0.25 * before["loss"]
     assert after["accuracy"] > 0.85, after
+
+
+def test_keras_applications_backbone_used_as_a_layer():
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), include_top=False, weights=None, minimalistic=True,
+        include_preprocessing=False,
+    )
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(5)(pooled))
+    path = "MobileNetV3Small/expanded_conv_2_add"
+    gm = GradMixModel(model, path, seed=0)
+    gm.compile(optimizer="adam", loss=sparse_ce())
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 32, 32, 3)).astype("float32"), np.arange(4) % 5
+    assert np.isfinite(gm.fit(x, y, epochs=1, verbose=0).history["loss"]).all()
+    with gm.tap() as tap:
+        gm(x)
+    (activation,) = tap.outputs[path]
+    assert tuple(activation.shape) == (4, 4, 4, 24)
