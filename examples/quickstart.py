@@ -29,7 +29,7 @@ def load_digits(seed: int):
     return (x[:4000], y[:4000]), (x[4000:], y[4000:])
 
 
-def small_cnn(seed: int) -> keras.Model:
+def small_cnn(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
         [

@@ -349,6 +349,12 @@ class GradMixModel(keras.Model):
                 f"GradMixModel needs images of shape (batch, height, width, "
                 f"channels), channels last; got shape {tuple(x.shape)}."
             )
+        if x.shape[1] is None or x.shape[2] is None:
+            raise ValueError(
+                f"GradMixModel needs batches whose image height and width are "
+                f"known when the step is traced; got shape {tuple(x.shape)}. "
+                f"Resize images to one size (or set the dataset's element_spec)."
+            )
 
     def check_compiled(self):
         if getattr(self, "_compile_loss", None) is None:

@@ -1,6 +1,8 @@
 """Shared fixtures: small models of every kind and small real data (offline)."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,6 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from quickstart import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
 
 
 def cnn_layers(classes=10, bn=False):
@@ -68,22 +73,6 @@ def subclassed_cnn(input_shape=(28, 28, 1), classes=10, seed=0):
     model = SubclassedCNN(classes, name="subclassed_cnn")
     model(np.zeros((1,) + tuple(input_shape), "float32"))
     return model
-
-
-def mnist_cnn(seed=0):
-    """A small but trainable CNN for real-data runs (the GAP toy nets train slowly)."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10, name="logits"),
-        ]
-    )
 
 
 MODEL_FACTORIES = {

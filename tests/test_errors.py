@@ -90,6 +90,22 @@ def test_images_must_be_4d():
     first_step_error(compiled(model), x, y, r"images of shape \(batch, height, width, channels\)")
 
 
+def test_image_size_must_be_static():
+    import tensorflow as tf
+
+    model = keras.Sequential(
+        [keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3, name="conv"),
+         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    )
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter([(np.zeros((2, 8, 8, 1), "float32"), np.zeros(2, "int32"))]),
+        output_signature=(tf.TensorSpec((None, None, None, 1)), tf.TensorSpec((None,), tf.int32)),
+    )
+    gm = compiled(model, layer="conv")
+    with pytest.raises(ValueError, match="height and width are known"):
+        gm.fit(ds, epochs=1, verbose=0)
+
+
 def test_no_4d_layer_for_layer_none():
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
     x, y = np.zeros((2, 4, 4, 1), "float32"), np.zeros(2, "int32")
