@@ -77,10 +77,16 @@ def sample_gamma(shape, concentration: float, seed=None):
     return gamma
 
 
+def validate_beta(alpha, beta) -> tuple[float, float]:
+    """Checks the Beta parameters (both > 0); returns floats."""
+    if not (alpha > 0 and beta > 0):
+        raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}.")
+    return float(alpha), float(beta)
+
+
 def sample_beta(shape, alpha: float = 1.0, beta: float = 1.0, seed=None):
     """Beta(alpha, beta) samples that compile with XLA (uniform when alpha = beta = 1)."""
-    if alpha <= 0 or beta <= 0:
-        raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}.")
+    alpha, beta = validate_beta(alpha, beta)
     if alpha == 1.0 and beta == 1.0:
         return keras.random.uniform(tuple(shape), seed=seed)
     seed_x, seed_y = split_seed(seed, 2)

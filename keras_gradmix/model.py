@@ -142,9 +142,7 @@ class GradMixModel(keras.Model):
         self.target = _check_choice("target", target, attribution.TARGETS)
         self.normalize = _check_choice("normalize", normalize, attribution.NORMALIZATIONS)
         self.mask_area = masks.validate_mask_area(mask_area)
-        if not (alpha > 0 and beta > 0):
-            raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}.")
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.alpha, self.beta = masks.validate_beta(alpha, beta)
         self.fill = mixing.validate_fill(fill)
         low, high = (float(v) for v in value_range)
         if not low < high:
