@@ -38,6 +38,36 @@ def gradcam(activations, gradients):
     return ops.relu(ops.sum(weights * activations, axis=-1))
 
 
+def layercam(activations, gradients):
+    """LayerCAM (Jiang et al. 2021) in the GradMix reference code's form.
+
+    ``sum_c A * ReLU(dS/dA)``: element-wise weights, no final ReLU (stage
+    outputs after a ReLU are non-negative anyway). Returns ``(B, h, w)`` float32.
+    """
+    activations = ops.cast(activations, "float32")
+    gradients = ops.cast(gradients, "float32")
+    return ops.sum(activations * ops.relu(gradients), axis=-1)
+
+
+def gradcam_plus_plus(activations, gradients, epsilon: float = 1e-7):
+    """Grad-CAM++ (Chattopadhay et al. 2018) with the exponential-score closed form.
+
+    ``a = g^2 / (2 g^2 + sum_ij(A) g^3)`` (0 where g = 0), channel weights
+    ``sum_ij a * ReLU(g)``, map ``ReLU(sum_c w_c A)``. Returns ``(B, h, w)`` float32.
+    """
+    activations = ops.cast(activations, "float32")
+    gradients = ops.cast(gradients, "float32")
+    g2 = gradients * gradients
+    a_sum = ops.sum(activations, axis=(1, 2), keepdims=True)
+    alpha = g2 / (2.0 * g2 + a_sum * g2 * gradients + epsilon)
+    alpha = ops.where(gradients != 0, alpha, 0.0)
+    weights = ops.sum(alpha * ops.relu(gradients), axis=(1, 2), keepdims=True)
+    return ops.relu(ops.sum(weights * activations, axis=-1))
+
+
+METHODS = {"gradcam": gradcam, "layercam": layercam, "gradcam++": gradcam_plus_plus}
+
+
 def resize_maps(maps, size: tuple[int, int]):
     """Bilinear resize of ``(B, h, w)`` maps to ``size = (H, W)`` (half-pixel centres)."""
     maps = ops.cast(maps, "float32")
@@ -69,11 +99,25 @@ def attribution_maps(
     activations,
     gradients,
     image_size: tuple[int, int],
+    method: str = "gradcam",
     normalize: str = "image",
 ):
-    """Grad-CAM maps at the image resolution, normalised to [0, 1]: ``(B, H, W)``."""
-    maps = resize_maps(gradcam(activations, gradients), image_size)
-    return normalize_maps(maps, normalize)
+    """Attribution maps at the image resolution, in [0, 1]: ``(B, H, W)``.
+
+    ``activations`` and ``gradients`` are one ``(B, h, w, C)`` tensor each, or
+    lists with one per layer. Each layer's map is normalised, upsampled to
+    ``image_size`` and the maps are summed (the reference code's multi-layer
+    map), then normalised again.
+    """
+    if method not in METHODS:
+        raise ValueError(f"attribution must be one of {tuple(METHODS)}, got {method!r}.")
+    if not isinstance(activations, (list, tuple)):
+        activations, gradients = [activations], [gradients]
+    total = 0.0
+    for activation, gradient in zip(activations, gradients):
+        cam = normalize_maps(METHODS[method](activation, gradient), normalize)
+        total = total + resize_maps(cam, image_size)
+    return normalize_maps(total, normalize)
 
 
 def target_scores(y_true, y_pred, target: str = "label"):

@@ -1,10 +1,11 @@
-"""Where to mask: the masked-area fraction and the box around an attribution peak.
+"""Where to mask: the masked-area fraction, and a box or threshold mask on a map.
 
 Pure, XLA-compilable functions (``keras.ops``, no Beta/Gamma ops, no loops over
 the batch)::
 
     area = sample_mask_area((), seed=keras.random.SeedGenerator(0))  # in [0.1, 0.5]
     mask, masked = box_masks(maps, area)   # (B, H, W) bool, (B,) real area fraction
+    mask, masked = threshold_masks(maps, area)   # the top-attribution pixels instead
 """
 
 from __future__ import annotations
@@ -154,3 +155,36 @@ def box_masks(maps, area):
     cols_in = ops.clip(left + side_w, 0, width) - ops.clip(left, 0, width)
     masked = ops.cast(rows_in * cols_in, "float32") / float(height * width)
     return mask, masked
+
+
+def threshold_masks(maps, area):
+    """Masks the ``round(area * H * W)`` highest-attribution pixels of each map.
+
+    A free-form mask that always contains the peak. Ties at the threshold go to
+    the earliest pixels in raster order, so the mask is deterministic.
+
+    Args:
+        maps: ``(B, H, W)`` attribution maps at image resolution.
+        area: masked-area fraction, a scalar or ``(B,)``.
+
+    Returns:
+        ``mask``: ``(B, H, W)`` bool; ``masked``: ``(B,)`` float32 real fraction.
+    """
+    height, width = maps.shape[1], maps.shape[2]
+    pixels = height * width
+    batch = ops.shape(maps)[0]
+    flat = ops.reshape(ops.cast(maps, "float32"), (batch, pixels))
+    area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
+    count = ops.clip(ops.cast(ops.floor(area * pixels + 0.5), "int32"), 0, pixels)
+    descending = ops.flip(ops.sort(flat, axis=-1), axis=-1)
+    threshold = ops.take_along_axis(descending, ops.maximum(count - 1, 0)[:, None], axis=1)
+    above = flat > threshold
+    tied = flat == threshold
+    room = count - ops.sum(ops.cast(above, "int32"), axis=-1)  # tied pixels still to take
+    tie_rank = ops.cumsum(ops.cast(tied, "int32"), axis=-1)
+    mask = above | (tied & (tie_rank <= room[:, None]))
+    masked = ops.cast(count, "float32") / float(pixels)
+    return ops.reshape(mask, (batch, height, width)), masked
+
+
+MASKS = {"box": box_masks, "threshold": threshold_masks}

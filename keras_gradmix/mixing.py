@@ -32,6 +32,20 @@ def validate_fill(fill) -> str | float:
     return fill if isinstance(fill, str) else float(fill)
 
 
+def attribution_share(maps, mask):
+    """Share of each map's attribution mass inside ``mask``: ``(B,)`` float32.
+
+    SnapMix-style label weights use it. A map with no mass (flat after
+    normalisation) counts as uniform, so its share is the masked area.
+    """
+    maps = ops.cast(maps, "float32")
+    mask = ops.cast(mask, "float32")
+    total = ops.sum(maps, axis=(1, 2))
+    inside = ops.sum(maps * mask, axis=(1, 2))
+    area = ops.mean(mask, axis=(1, 2))
+    return ops.where(total > 0, inside / ops.maximum(total, 1e-12), area)
+
+
 def random_partner(batch_size, seed=None):
     """A random permutation of ``range(batch_size)`` (argsort of uniforms: XLA-safe)."""
     return ops.argsort(keras.random.uniform((batch_size,), seed=seed))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import NamedTuple, Sequence
 
 import keras
 from keras import ops
 
-from keras_gradmix import attribution, masks, mixing
+from keras_gradmix import attribution as cams
+from keras_gradmix import masks, mixing
 from keras_gradmix.tap import (
     LayerTap,
     graph_output_shape,
@@ -21,12 +23,43 @@ logger = logging.getLogger("keras_gradmix")
 
 MODES = ("paired", "replace")
 BN_STATISTICS = ("clean", "all")
+AREA_SAMPLING = ("batch", "sample")
+LABEL_MODES = ("area", "attribution")
 
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
     return value
+
+
+class MaskedBatch(NamedTuple):
+    """What one step trains on besides (or instead of) the clean batch.
+
+    All (B, ...) tensors, constants for the update: ``images`` (masked and
+    filled), ``maps`` (B, H, W) attribution in [0, 1], ``mask`` (B, H, W) bool,
+    ``own`` the weight of each image's own label, ``pasted`` the weight of the
+    partner's label (``fill="mix"``, else None), ``partner`` indices or None,
+    ``applied`` (B,) bool, whether each sample was masked (None: all were).
+    """
+
+    images: object
+    maps: object
+    mask: object
+    own: object
+    pasted: object
+    partner: object
+    applied: object
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    # Feeds the epoch to the compiled step (for warmup_epochs) without retracing.
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
 
 
 @keras.saving.register_keras_serializable(package="keras_gradmix")
@@ -35,8 +68,9 @@ class GradMixModel(keras.Model):
 
     At every training step the clean batch is forwarded, the gradient of a
     score (by default the ground-truth class output) with respect to the output
-    of ``layer`` gives a Grad-CAM map per image, and a box centred on each
-    map's peak is filled with noise (or a constant, or a partner image). The
+    of ``layer`` gives an attribution map per image (Grad-CAM by default), and
+    a box centred on each map's peak (or the top-attribution pixels) is filled
+    with noise (or a constant, or a partner image). The
     model is then trained on the masked batch, besides (``mode="paired"``) or
     instead of (``mode="replace"``) the clean one. The attribution reuses the
     clean forward pass and never reaches the optimizer; metrics are computed on
@@ -48,9 +82,12 @@ class GradMixModel(keras.Model):
             ``(B, H, W, C)`` (channels last) and one output ``(B, K)``:
             functional, Sequential or subclassed.
         layer: name of the layer whose output is attributed, or a
-            "/"-separated path into nested models ("backbone/conv5_block3_out").
-            None picks the last layer (in call order) with a 4-D output, and
-            logs which.
+            "/"-separated path into nested models ("backbone/conv5_block3_out"),
+            or a list of them: each layer's map is normalised, upsampled and the
+            maps summed (the reference code's multi-layer map). None picks the
+            last layer (in call order) with a 4-D output, and logs which.
+        attribution: ``"gradcam"``, ``"layercam"`` (sum_c A * ReLU(grad), the
+            reference code's form) or ``"gradcam++"``.
         mode: ``"paired"`` (paper): loss = L(clean) + w * L(masked), with w
             the kept-area fraction per sample; ``"replace"``: train on the
             masked batch only.
@@ -59,14 +96,28 @@ class GradMixModel(keras.Model):
             (the clean loss, as the reference code; highlights what raises it).
         normalize: ``"image"`` (each map to [0, 1]) or ``"batch"`` (one min-max
             over the batch, as the reference code).
+        mask: ``"box"``: a box with the image's aspect ratio centred on the
+            map's peak, clipped at the border; ``"threshold"``: the
+            highest-attribution pixels covering the sampled area.
         mask_area: ``(low, high)`` range of the masked fraction of the image.
         alpha, beta: the masked fraction is ``high - (high - low) * u`` with
             ``u ~ Beta(alpha, beta)``, i.e. the paper's
             ``lam = 0.5 + 0.4 * Beta(alpha, beta)`` for the default range.
+        area_sampling: ``"batch"``: one area per batch (reference code);
+            ``"sample"``: one per image.
         fill: ``"noise"`` (uniform in ``value_range``, one value per pixel
             shared by channels, as the paper's code), ``"mix"`` (the box of a
             partner image from the shuffled batch; labels mixed by area) or a
             number (a constant).
+        label_mode: weight of each masked image's own label (and, with
+            ``fill="mix"``, of its partner's): ``"area"``, the kept (pasted)
+            area fraction; ``"attribution"``, the kept (pasted) share of the
+            attribution mass, as SnapMix.
+        probability: each sample is masked with this probability; the others
+            stay clean (in paired mode their masked term gets weight 0).
+        warmup_epochs: no masking during the first ``k`` epochs of ``fit``
+            (the attribution of an untrained model is noise); a variable, so
+            the compiled step is not retraced.
         value_range: ``(low, high)`` of the input images, used for the noise.
         bn_statistics: ``"clean"``: BatchNorm running statistics are updated
             once per step, from the clean batch (the masked pass uses its own
@@ -75,10 +126,14 @@ class GradMixModel(keras.Model):
         seed: int for reproducible masks.
 
     The masked batch enters the compiled loss through sample weights: with
-    ``fill="noise"`` or a constant, ``w * L(masked, y)``; with ``fill="mix"``,
-    ``lam * L(masked, y) + (1 - lam) * L(masked, y_partner)``, lam the kept
-    fraction, so any Keras loss (sparse or one-hot) works. Box areas are the
-    real, border-clipped ones.
+    ``fill="noise"`` or a constant, ``w * L(masked, y)`` (paired) or
+    ``L(masked, y)`` (replace); with ``fill="mix"``,
+    ``w * L(masked, y) + w_p * L(masked, y_partner)``, where ``w`` and ``w_p``
+    are the kept and pasted shares (``label_mode``), so any Keras loss (sparse
+    or one-hot) works. Areas are the real, border-clipped ones. Attribution
+    maths runs in float32 under any dtype policy, and the score is multiplied
+    by the loss scale under ``mixed_float16`` so its gradient does not
+    underflow (maps are invariant to a positive scale).
 
     Example:
 
@@ -103,15 +158,21 @@ class GradMixModel(keras.Model):
     def __init__(
         self,
         model: keras.Model,
-        layer: str | None = None,
+        layer: str | Sequence[str] | None = None,
         *,
+        attribution: str = "gradcam",
         mode: str = "paired",
         target: str = "label",
         normalize: str = "image",
+        mask: str = "box",
         mask_area: tuple[float, float] = (0.1, 0.5),
         alpha: float = 1.0,
         beta: float = 1.0,
+        area_sampling: str = "batch",
         fill: str | float = "noise",
+        label_mode: str = "area",
+        probability: float = 1.0,
+        warmup_epochs: int = 0,
         value_range: tuple[float, float] = (0.0, 1.0),
         bn_statistics: str = "clean",
         seed: int | None = None,
@@ -129,21 +190,35 @@ class GradMixModel(keras.Model):
                 f"{model.name!r} has {len(outputs)}."
             )
         self.model = model
+        if isinstance(layer, (list, tuple)):
+            if not layer:
+                raise ValueError("layer must name at least one layer, got [].")
+            layer = list(layer)
         self.layer = layer
-        if layer is not None:
-            shape = graph_output_shape(resolve_layer(model, layer))
+        for path in self.layer_paths or ():
+            shape = graph_output_shape(resolve_layer(model, path))
             if shape is not None and len(shape) != 4:
                 raise ValueError(
-                    f"Layer {layer!r} has output shape {shape}; GradMix needs a 4-D "
+                    f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
                     f"(batch, height, width, channels) feature map. Candidates: "
                     f"{image_layer_paths(model)}."
                 )
+        self.attribution = _check_choice("attribution", attribution, tuple(cams.METHODS))
         self.mode = _check_choice("mode", mode, MODES)
-        self.target = _check_choice("target", target, attribution.TARGETS)
-        self.normalize = _check_choice("normalize", normalize, attribution.NORMALIZATIONS)
+        self.target = _check_choice("target", target, cams.TARGETS)
+        self.normalize = _check_choice("normalize", normalize, cams.NORMALIZATIONS)
+        self.mask = _check_choice("mask", mask, tuple(masks.MASKS))
         self.mask_area = masks.validate_mask_area(mask_area)
         self.alpha, self.beta = masks.validate_beta(alpha, beta)
+        self.area_sampling = _check_choice("area_sampling", area_sampling, AREA_SAMPLING)
         self.fill = mixing.validate_fill(fill)
+        self.label_mode = _check_choice("label_mode", label_mode, LABEL_MODES)
+        if isinstance(probability, bool) or not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability!r}.")
+        self.probability = float(probability)
+        if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
+        self.warmup_epochs = int(warmup_epochs)
         low, high = (float(v) for v in value_range)
         if not low < high:
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}.")
@@ -151,51 +226,73 @@ class GradMixModel(keras.Model):
         self.bn_statistics = _check_choice("bn_statistics", bn_statistics, BN_STATISTICS)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="gradmix_epoch")
+
+    @property
+    def layer_paths(self) -> list[str] | None:
+        """The attributed layer paths, or None while ``layer=None`` is unresolved."""
+        if self.layer is None:
+            return None
+        return list(self.layer) if isinstance(self.layer, list) else [self.layer]
 
     # ---------------------------------------------------------------- inference
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
     # ------------------------------------------------------------ train step
-    def train_step(self, *args, **kwargs):
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            from keras_gradmix.steps.tensorflow import train_step
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, plus a callback that tells the step the epoch."""
+        args = list(args)
+        if len(args) > 5:  # callbacks passed positionally
+            args[5] = [*(args[5] or []), _EpochCounter(self.epoch)]
         else:
-            raise NotImplementedError(
-                f"GradMixModel trains with the TensorFlow backend for now; "
-                f"KERAS_BACKEND is {backend!r}. Set KERAS_BACKEND=tensorflow."
-            )
-        return train_step(self, *args, **kwargs)
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _EpochCounter(self.epoch)]
+        return super().fit(*args, **kwargs)
+
+    def train_step(self, *args, **kwargs):
+        return _backend_step().train_step(self, *args, **kwargs)
+
+    def preview(self, images, labels, seed: int = 0) -> MaskedBatch:
+        """What training would do to ``images`` now: maps, masks, trained images.
+
+        Runs eagerly in inference mode (BatchNorm uses its running statistics)
+        with its own seed, so it changes neither the model nor the training RNG.
+        """
+        activations, gradients = _backend_step().attribute(self, images, labels)
+        return self.masked_batch(
+            images, activations, gradients, seed=keras.random.SeedGenerator(seed)
+        )
 
     def tap(self, on_output=None) -> LayerTap:
-        """A :class:`LayerTap` on the attributed layer (on every layer if ``layer=None``
-        is still unresolved; :meth:`tapped_activation` then picks one)."""
-        if self.layer is not None:
-            layers = {self.layer: resolve_layer(self.model, self.layer)}
-        else:
-            layers = dict(iter_layers(self.model))
-        return LayerTap(layers, on_output)
+        """A :class:`LayerTap` on the attributed layers (on every layer while
+        ``layer=None`` is unresolved; :meth:`tapped_activations` then picks one)."""
+        paths = self.layer_paths
+        if paths is None:
+            return LayerTap(dict(iter_layers(self.model)), on_output)
+        return LayerTap({p: resolve_layer(self.model, p) for p in paths}, on_output)
 
-    def tapped_activation(self, tap: LayerTap):
-        """The attributed layer's output from one clean forward, checked."""
+    def tapped_activations(self, tap: LayerTap) -> list:
+        """The attributed layers' outputs from one clean forward, checked."""
         if self.layer is None:
             self.layer = self._pick_last_image_layer(tap)
-        outputs = tap.outputs[self.layer]
-        if len(outputs) != 1:
-            raise ValueError(
-                f"Layer {self.layer!r} ran {len(outputs)} times in one forward pass "
-                f"of {self.model.name!r}; GradMix needs a layer that runs exactly once."
-            )
-        activation = outputs[0]
-        if not ops.is_tensor(activation) or len(activation.shape) != 4:
-            shape = getattr(activation, "shape", type(activation).__name__)
-            raise ValueError(
-                f"Layer {self.layer!r} returned {shape}; GradMix needs one 4-D "
-                f"(batch, height, width, channels) feature map. Choose a "
-                f"convolutional layer, or layer=None for the last 4-D one."
-            )
-        return activation
+        activations = []
+        for path in self.layer_paths:
+            outputs = tap.outputs[path]
+            if len(outputs) != 1:
+                raise ValueError(
+                    f"Layer {path!r} ran {len(outputs)} times in one forward pass of "
+                    f"{self.model.name!r}; GradMix needs a layer that runs exactly once."
+                )
+            activation = outputs[0]
+            if not ops.is_tensor(activation) or len(activation.shape) != 4:
+                shape = getattr(activation, "shape", type(activation).__name__)
+                raise ValueError(
+                    f"Layer {path!r} returned {shape}; GradMix needs one 4-D "
+                    f"(batch, height, width, channels) feature map. Choose a "
+                    f"convolutional layer, or layer=None for the last 4-D one."
+                )
+            activations.append(activation)
+        return activations
 
     def _pick_last_image_layer(self, tap: LayerTap) -> str:
         four_d = [
@@ -214,66 +311,88 @@ class GradMixModel(keras.Model):
         return four_d[-1]
 
     def attribution_target(self, y_onehot, y_pred, clean_loss):
-        """Scalar whose gradient w.r.t. the layer output gives the attribution."""
+        """Scalar whose gradient w.r.t. the layer outputs gives the attribution."""
         if self.target == "loss":
             score = clean_loss
         else:
-            score = ops.sum(attribution.target_scores(y_onehot, y_pred, self.target))
+            score = ops.sum(cams.target_scores(y_onehot, y_pred, self.target))
         # Maps are invariant to a positive scale; scaling by the loss scale keeps
         # float16 gradients from underflowing under mixed precision.
         return self.optimizer.scale_loss(score) if self.optimizer is not None else score
 
-    def masked_batch(self, images, activation, gradient):
-        """Masks each image at its attribution peak.
+    def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
+        """Masks each image where it is attributed and fills the mask.
 
-        Returns ``(masked_images, kept, partner)``: kept is the (B,) kept-area
-        fraction, partner the (B,) partner indices for ``fill="mix"`` or None.
-        Everything is a constant for the update (gradients stopped).
+        ``activations``/``gradients``: one tensor or a list per layer. ``seed``
+        defaults to the model's own generator.
         """
+        seed = self.seed_generator if seed is None else seed
         images = ops.convert_to_tensor(images)
         batch = ops.shape(images)[0]
-        maps = attribution.attribution_maps(
-            activation, gradient, images.shape[1:3], self.normalize
+        maps = cams.attribution_maps(
+            activations, gradients, images.shape[1:3], self.attribution, self.normalize
         )
         area = masks.sample_mask_area(
-            (), self.mask_area, self.alpha, self.beta, seed=self.seed_generator
+            () if self.area_sampling == "batch" else (batch,),
+            self.mask_area, self.alpha, self.beta, seed=seed,
         )
-        mask, masked = masks.box_masks(maps, area)
-        partner = (
-            mixing.random_partner(batch, seed=self.seed_generator)
-            if self.fill == "mix"
-            else None
-        )
+        mask, masked = masks.MASKS[self.mask](maps, area)
+        applied = self._applied(batch, seed)
+        if applied is not None:
+            mask = mask & applied[:, None, None]
+            masked = ops.where(applied, masked, 0.0)
+        partner = mixing.random_partner(batch, seed=seed) if self.fill == "mix" else None
         filled = mixing.apply_fill(
-            images,
-            mask,
-            self.fill,
-            value_range=self.value_range,
-            partner=partner,
-            seed=self.seed_generator,
+            images, mask, self.fill, value_range=self.value_range, partner=partner, seed=seed
         )
-        return ops.stop_gradient(filled), ops.stop_gradient(1.0 - masked), partner
+        if self.label_mode == "area":
+            own = 1.0 - masked
+            pasted = masked if partner is not None else None
+        else:
+            own = 1.0 - mixing.attribution_share(maps, mask)
+            pasted = (
+                mixing.attribution_share(ops.take(maps, partner, axis=0), mask)
+                if partner is not None
+                else None
+            )
+        constant = ops.stop_gradient
+        return MaskedBatch(
+            images=constant(filled),
+            maps=constant(maps),
+            mask=mask,
+            own=constant(own),
+            pasted=None if pasted is None else constant(pasted),
+            partner=partner,
+            applied=applied,
+        )
 
-    def gradmix_loss(self, x, y, clean_loss, y_masked, sample_weight, kept, partner):
+    def _applied(self, batch, seed):
+        """(B,) bool: which samples are masked this step; None when all are."""
+        applied = None
+        if self.probability < 1.0:
+            applied = keras.random.uniform((batch,), seed=seed) < self.probability
+        if self.warmup_epochs > 0:
+            active = ops.broadcast_to(ops.greater_equal(self.epoch, self.warmup_epochs), (batch,))
+            applied = active if applied is None else applied & active
+        return applied
+
+    def gradmix_loss(self, x, y, clean_loss, y_masked, sample_weight, masked: MaskedBatch):
         """Total loss of a step (see the class docstring)."""
 
         def weighted(w):
             return w if sample_weight is None else w * ops.cast(sample_weight, "float32")
 
-        if self.fill == "mix":
-            own, other = weighted(kept), weighted(1.0 - kept)
-        elif self.mode == "paired":
-            own, other = weighted(kept), None
-        else:  # replace, noise or constant: the masked sample keeps its label
-            own, other = sample_weight, None
         if self.mode == "paired":
-            loss = clean_loss + self._compiled_loss(y, y_masked, own)
+            own = masked.own
+            if masked.applied is not None:  # unmasked samples add no second term
+                own = ops.where(masked.applied, own, 0.0)
+            loss = clean_loss + self._compiled_loss(y, y_masked, weighted(own))
         else:  # regularisation losses enter once, here
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_masked, sample_weight=own, training=True
-            )
-        if other is not None:
-            loss = loss + self._compiled_loss(ops.take(y, partner, axis=0), y_masked, other)
+            own = weighted(masked.own) if self.fill == "mix" else sample_weight
+            loss = self._compute_loss(x=x, y=y, y_pred=y_masked, sample_weight=own, training=True)
+        if masked.partner is not None:
+            y_partner = ops.take(y, masked.partner, axis=0)
+            loss = loss + self._compiled_loss(y_partner, y_masked, weighted(masked.pasted))
         return loss
 
     def _compiled_loss(self, y, y_pred, sample_weight):
@@ -368,13 +487,19 @@ class GradMixModel(keras.Model):
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.model),
             "layer": self.layer,
+            "attribution": self.attribution,
             "mode": self.mode,
             "target": self.target,
             "normalize": self.normalize,
+            "mask": self.mask,
             "mask_area": list(self.mask_area),
             "alpha": self.alpha,
             "beta": self.beta,
+            "area_sampling": self.area_sampling,
             "fill": self.fill,
+            "label_mode": self.label_mode,
+            "probability": self.probability,
+            "warmup_epochs": self.warmup_epochs,
             "value_range": list(self.value_range),
             "bn_statistics": self.bn_statistics,
             "seed": self.seed,
@@ -387,3 +512,15 @@ class GradMixModel(keras.Model):
             config.pop("model"), custom_objects=custom_objects
         )
         return cls(model, **config)
+
+
+def _backend_step():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from keras_gradmix.steps import tensorflow as step
+    else:
+        raise NotImplementedError(
+            f"GradMixModel trains with the TensorFlow backend for now; "
+            f"KERAS_BACKEND is {backend!r}. Set KERAS_BACKEND=tensorflow."
+        )
+    return step

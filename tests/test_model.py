@@ -10,6 +10,7 @@ from conftest import MODEL_FACTORIES, mnist_cnn, sequential_cnn, sparse_ce
 from reference import expected_step
 
 from keras_gradmix import GradMixModel
+from keras_gradmix.model import MaskedBatch
 
 # Deterministic masks: a fixed area and a constant fill.
 FIXED = dict(mask_area=(0.25, 0.25), fill=0.5)
@@ -57,7 +58,8 @@ def test_mix_loss_mixes_labels_by_area():
     logits = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
     kept = np.array([0.9, 0.5, 0.75, 0.6], "float32")
     partner = np.array([1, 0, 3, 2])
-    loss = gm.gradmix_loss(None, y, None, logits, None, kept, partner)
+    masked = MaskedBatch(None, None, None, kept, 1 - kept, partner, None)
+    loss = gm.gradmix_loss(None, y, None, logits, None, masked)
     labels = np.argmax(y, axis=1)
     from reference import cross_entropy
 

@@ -13,36 +13,59 @@ import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
 
+def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
+    """Clean forward under ``tape``; gradients of the score w.r.t. the layers.
+
+    Returns ``(y_pred, clean_loss or None, activations, gradients)``.
+    """
+    gm.check_images(x)
+    with gm.tap(on_output=tape.watch) as tap:
+        y_pred = gm(x, training=training)
+    y_onehot = gm.labels_as_onehot(y, y_pred)
+    activations = gm.tapped_activations(tap)
+    clean_loss = None
+    if need_loss or gm.target == "loss":
+        gm.check_compiled()
+        clean_loss = gm._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+    score = gm.attribution_target(y_onehot, y_pred, clean_loss)
+    # Gradients w.r.t. the activations only: nothing reaches the parameters.
+    with tape.stop_recording():
+        gradients = tape.gradient(score, activations)
+    for path, gradient in zip(gm.layer_paths, gradients):
+        if gradient is None:
+            raise ValueError(
+                f"The output of {gm.model.name!r} does not depend on layer "
+                f"{path!r}; attribute a layer on the path to the output."
+            )
+    return y_pred, clean_loss, activations, gradients
+
+
+def attribute(gm, x, y):
+    """Activations and score gradients of the attributed layers, inference mode."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        _, _, activations, gradients = _forward_and_attribute(
+            gm, tape, x, y, None, training=False, need_loss=False
+        )
+    return activations, gradients
+
+
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     gm.check_compiled()
-    gm.check_images(x)
     # One persistent tape: the clean forward serves both the attribution and,
     # in paired mode, the clean loss; no second clean forward.
     with tf.GradientTape(persistent=True) as tape:
-        with gm.tap(on_output=tape.watch) as tap:
-            y_pred = gm(x, training=True)
-        y_onehot = gm.labels_as_onehot(y, y_pred)
-        activation = gm.tapped_activation(tap)
-        clean_loss = None
-        if gm.mode == "paired" or gm.target == "loss":
-            clean_loss = gm._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-        score = gm.attribution_target(y_onehot, y_pred, clean_loss)
-        # Attribution: gradients w.r.t. the activation only, so nothing of it
-        # reaches the parameters; the masked batch is a constant.
+        y_pred, clean_loss, activations, gradients = _forward_and_attribute(
+            gm, tape, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
+        )
         with tape.stop_recording():
-            gradient = tape.gradient(score, activation)
-            if gradient is None:
-                raise ValueError(
-                    f"The output of {gm.model.name!r} does not depend on layer "
-                    f"{gm.layer!r}; attribute a layer on the path to the output."
-                )
-            x_masked, kept, partner = gm.masked_batch(x, activation, gradient)
+            masked = gm.masked_batch(x, activations, gradients)
         with gm.masked_pass_statistics():
-            y_masked = gm(x_masked, training=True)
-        loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, kept, partner)
+            y_masked = gm(masked.images, training=True)
+        loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, masked)
         gm._loss_tracker.update_state(
             unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
         )
