@@ -318,7 +318,8 @@ class GradMixModel(keras.Model):
             score = ops.sum(cams.target_scores(y_onehot, y_pred, self.target))
         # Maps are invariant to a positive scale; scaling by the loss scale keeps
         # float16 gradients from underflowing under mixed precision.
-        return self.optimizer.scale_loss(score) if self.optimizer is not None else score
+        optimizer = getattr(self, "optimizer", None)  # absent before compile()
+        return score if optimizer is None else optimizer.scale_loss(score)
 
     def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
         """Masks each image where it is attributed and fills the mask.
