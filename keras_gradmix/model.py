@@ -40,7 +40,8 @@ class MaskedBatch(NamedTuple):
     filled), ``maps`` (B, H, W) attribution in [0, 1], ``mask`` (B, H, W) bool,
     ``own`` the weight of each image's own label, ``pasted`` the weight of the
     partner's label (``fill="mix"``, else None), ``partner`` indices or None,
-    ``applied`` (B,) bool, whether each sample was masked (None: all were).
+    ``applied`` (B,) bool, whether each sample was masked: not when it was not
+    drawn (``probability``, ``warmup_epochs``) or its map is flat (no peak).
     """
 
     images: object
@@ -114,7 +115,8 @@ class GradMixModel(keras.Model):
             area fraction; ``"attribution"``, the kept (pasted) share of the
             attribution mass, as SnapMix.
         probability: each sample is masked with this probability; the others
-            stay clean (in paired mode their masked term gets weight 0).
+            stay clean (in paired mode their masked term gets weight 0). An
+            image whose map is flat (no positive attribution) stays clean too.
         warmup_epochs: no masking during the first ``k`` epochs of ``fit``
             (the attribution of an untrained model is noise); a variable, so
             the compiled step is not retraced.
@@ -338,10 +340,14 @@ class GradMixModel(keras.Model):
             self.mask_area, self.alpha, self.beta, seed=seed,
         )
         mask, masked = masks.MASKS[self.mask](maps, area)
-        applied = self._applied(batch, seed)
-        if applied is not None:
-            mask = mask & applied[:, None, None]
-            masked = ops.where(applied, masked, 0.0)
+        # A flat map (e.g. Grad-CAM whose ReLU removed everything) has no peak:
+        # nothing the model attends to, so that image is left unmasked.
+        applied = ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))
+        sampled = self._sampled(batch, seed)
+        if sampled is not None:
+            applied = applied & sampled
+        mask = mask & applied[:, None, None]
+        masked = ops.where(applied, masked, 0.0)
         partner = mixing.random_partner(batch, seed=seed) if self.fill == "mix" else None
         filled = mixing.apply_fill(
             images, mask, self.fill, value_range=self.value_range, partner=partner, seed=seed
@@ -367,8 +373,8 @@ class GradMixModel(keras.Model):
             applied=applied,
         )
 
-    def _applied(self, batch, seed):
-        """(B,) bool: which samples are masked this step; None when all are."""
+    def _sampled(self, batch, seed):
+        """(B,) bool: samples drawn for masking (probability, warm-up); None: all."""
         applied = None
         if self.probability < 1.0:
             applied = keras.random.uniform((batch,), seed=seed) < self.probability
@@ -384,9 +390,7 @@ class GradMixModel(keras.Model):
             return w if sample_weight is None else w * ops.cast(sample_weight, "float32")
 
         if self.mode == "paired":
-            own = masked.own
-            if masked.applied is not None:  # unmasked samples add no second term
-                own = ops.where(masked.applied, own, 0.0)
+            own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term
             loss = clean_loss + self._compiled_loss(y, y_masked, weighted(own))
         else:  # regularisation losses enter once, here
             own = weighted(masked.own) if self.fill == "mix" else sample_weight

@@ -32,6 +32,8 @@ def reference_mask(model, layer_name, x, y, area):
     side_w = int(np.floor(width * np.sqrt(area) + 0.5))
     mask = np.zeros(cam.shape, bool)
     for i in range(len(cam)):
+        if cam[i].max() == cam[i].min():
+            continue  # flat map: no peak, image left unmasked
         cy, cx = np.unravel_index(np.argmax(cam[i]), (height, width))
         for r in range(cy - side_h // 2, cy - side_h // 2 + side_h):
             for c in range(cx - side_w // 2, cx - side_w // 2 + side_w):
@@ -53,6 +55,7 @@ def expected_step(model, layer_name, x, y, area, fill_value, mode, sample_weight
     x_masked = x.copy()
     x_masked[mask] = fill_value  # mask is (B, H, W); broadcasts over channels
     kept = 1.0 - mask.mean(axis=(1, 2))
+    kept[~mask.any(axis=(1, 2))] = 0.0  # unmasked images add no masked term
     sw = np.ones(len(y)) if sample_weight is None else sample_weight
     clean = cross_entropy(model(x, training=True), y)
     masked = cross_entropy(model(x_masked, training=True), y)

@@ -260,3 +260,17 @@ def test_bad_option_values(option, value, match):
     kwargs = dict(layer="conv2") | {option: value}
     with pytest.raises(ValueError, match=match):
         GradMixModel(sequential_cnn(), **kwargs)
+
+
+def test_a_flat_map_leaves_its_image_unmasked():
+    gm = GradMixModel(sequential_cnn(), "conv2", fill=0.5, mode="paired", seed=0)
+    acts = np.ones((2, 4, 4, 3), "float32")
+    grads = np.zeros((2, 4, 4, 3), "float32")
+    grads[1, 1, 2, 0] = 1.0  # only image 1 has a positive attribution
+    acts[1, 1, 2, 0] = 5.0
+    images = np.zeros((2, 8, 8, 1), "float32")
+    out = gm.masked_batch(images, [acts], [grads], seed=0)
+    np.testing.assert_array_equal(np.asarray(out.applied), [False, True])
+    assert not np.asarray(out.mask)[0].any() and np.asarray(out.mask)[1].any()
+    np.testing.assert_array_equal(np.asarray(out.images)[0], images[0])
+    assert float(np.asarray(out.own)[0]) == 1.0
