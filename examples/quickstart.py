@@ -39,7 +39,7 @@ def small_cnn(seed: int = 0) -> keras.Model:
             keras.layers.MaxPooling2D(),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
+            keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(10, name="logits"),
         ],
         name="small_cnn",

@@ -1,0 +1,42 @@
+"""Open set recognition: metrics, score functions, model evaluation and a callback.
+
+Convention: a higher score means "more likely known"; known samples are the
+positive class for AUROC, AUPR-In and FPR@95%TPR.
+"""
+
+from keras_gradmix.osr.callback import OpenSetEvaluation
+from keras_gradmix.osr.evaluation import evaluate_model_open_set, open_set_scores
+from keras_gradmix.osr.features import collect
+from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
+from keras_gradmix.osr.plots import plot_open_set
+from keras_gradmix.osr.scores import (
+    FEATURE_SCORES,
+    LOGIT_SCORES,
+    energy,
+    entropy,
+    knn,
+    knn_class_scores,
+    mahalanobis,
+    mls,
+    msp,
+)
+
+__all__ = [
+    "FEATURE_SCORES",
+    "LOGIT_SCORES",
+    "OpenSetEvaluation",
+    "collect",
+    "energy",
+    "entropy",
+    "evaluate_model_open_set",
+    "evaluate_open_set",
+    "fpr_at_tpr",
+    "knn",
+    "knn_class_scores",
+    "mahalanobis",
+    "mls",
+    "msp",
+    "open_set_scores",
+    "oscr",
+    "plot_open_set",
+]

@@ -1,0 +1,77 @@
+"""Open-set evaluation of a model: every requested score, every metric."""
+
+from __future__ import annotations
+
+from keras_gradmix.osr import scores as score_lib
+from keras_gradmix.osr.features import collect
+from keras_gradmix.osr.metrics import evaluate_open_set
+
+
+def check_scores(scores, feature_layer, train_data) -> tuple[str, ...]:
+    """Validates score names; feature scores need a layer and training data."""
+    if isinstance(scores, str):
+        scores = (scores,)
+    scores = tuple(scores)
+    unknown = [s for s in scores if s not in score_lib.SCORES]
+    if unknown or not scores:
+        raise ValueError(f"Unknown open-set scores {unknown}; choose from {score_lib.SCORES}.")
+    feature_scores = [s for s in scores if s in score_lib.FEATURE_SCORES]
+    if feature_scores and (feature_layer is None or train_data is None):
+        raise ValueError(
+            f"Scores {feature_scores} compare features with those of the training "
+            f"data: pass feature_layer='<layer path>' (e.g. the global pooling "
+            f"layer) and train_data=(x_train, y_train) of the known classes."
+        )
+    return scores
+
+
+def open_set_scores(
+    model, known_data, unknown_data, scores=("msp", "mls"), *, feature_layer=None,
+    train_data=None, k: int = 3, temperature: float = 1.0, batch_size: int = 256,
+) -> dict:
+    """Scores of the known and unknown samples and the known predictions.
+
+    Returns ``{"known_true", "known_pred", "known": {score: array},
+    "unknown": {score: array}}``.
+    """
+    scores = check_scores(scores, feature_layer, train_data)
+    needs_features = any(s in score_lib.FEATURE_SCORES for s in scores)
+    layer = feature_layer if needs_features else None
+    known = collect(model, known_data, layer, batch_size)
+    unknown = collect(model, unknown_data, layer, batch_size)
+    if known["labels"] is None:
+        raise ValueError("known_data needs labels: pass (x, y) or a dataset of (x, y).")
+    train = collect(model, train_data, layer, batch_size) if needs_features else None
+
+    def score(name, part):
+        if name in score_lib.LOGIT_SCORES:
+            if name == "energy":
+                return score_lib.energy(part["logits"], temperature)
+            return score_lib.LOGIT_SCORES[name](part["logits"])
+        extra = {"k": k} if name == "knn" else {}
+        return score_lib.FEATURE_SCORES[name](
+            part["features"], train["features"], train["labels"], **extra
+        )
+
+    return {
+        "known_true": known["labels"],
+        "known_pred": known["logits"].argmax(axis=1),
+        "known": {name: score(name, known) for name in scores},
+        "unknown": {name: score(name, unknown) for name in scores},
+    }
+
+
+def evaluate_model_open_set(model, known_data, unknown_data, scores=("msp", "mls"), **kwargs) -> dict:
+    """``{score: evaluate_open_set(...)}`` for a model on known and unknown data.
+
+    Closed-set predictions are the arg-max of the model's outputs. Keyword
+    arguments as in :func:`open_set_scores`.
+    """
+    raw = open_set_scores(model, known_data, unknown_data, scores, **kwargs)
+    return {
+        name: evaluate_open_set(
+            raw["known"][name], raw["unknown"][name], raw["known_pred"], raw["known_true"]
+        )
+        for name in raw["known"]
+    }
+

