@@ -71,6 +71,7 @@ def test_mnist5k_remaps_labels_in_known_order():
     data = load_osr_split("mnist5k", 1, image_size=(32, 32), batch_size=64)
     counts = [labels_of(ds).size for ds in data]
     assert counts == [6 * 400, 6 * 100, 4 * 100]
+    assert [int(ds.cardinality()) for ds in data] == [38, 10, 7]  # batches of 64, known up front
     x, y = next(iter(data.known_test))
     assert x.shape[1:] == (32, 32, 1)
     known = osr_classes("mnist5k", 1)[0]

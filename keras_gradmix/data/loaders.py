@@ -68,11 +68,13 @@ def load_osr_split(
     import tensorflow as tf
 
     known, unknown = osr_classes(name, split)
+    labels = None  # (train, test) label arrays when known up front
     if name in ("mnist5k", "fashion_mnist"):
         arrays = _mnist5k() if name == "mnist5k" else _fashion_mnist(data_dir)
         train = _from_arrays(arrays["x_train"], arrays["y_train"])
         test = _from_arrays(arrays["x_test"], arrays["y_test"])
         unknown_source = test
+        labels = arrays["y_train"], arrays["y_test"]
     elif name == "tinyimagenet":
         train, test = _tinyimagenet(data_dir)
         unknown_source = test
@@ -80,21 +82,25 @@ def load_osr_split(
         train, test = _tfds(TFDS_NAMES[name], data_dir)
         unknown_source = _tfds("cifar100", data_dir)[1] if name in UNKNOWN_CIFAR100 else test
 
-    def prepare(ds, classes, remap, shuffle=False):
+    def prepare(ds, classes, remap, source_labels=None, shuffle=False):
         table = np.full(max(max(classes), 255) + 1, -1, np.int64)
         table[classes] = np.arange(len(classes)) if remap else classes
         table = tf.constant(table)
         ds = ds.filter(lambda x, y: tf.gather(table, tf.cast(y, tf.int64)) >= 0)
+        if source_labels is not None:  # lets Keras know the number of steps
+            count = int(np.isin(source_labels, classes).sum())
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
         ds = ds.map(lambda x, y: (_image(x, image_size), tf.gather(table, tf.cast(y, tf.int64))),
                     num_parallel_calls=tf.data.AUTOTUNE)
         if shuffle:
             ds = ds.cache().shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+    train_labels, test_labels = labels or (None, None)
     return OSRData(
-        known_train=prepare(train, known, remap=True, shuffle=True),
-        known_test=prepare(test, known, remap=True),
-        unknown_test=prepare(unknown_source, unknown, remap=False),
+        known_train=prepare(train, known, True, train_labels, shuffle=True),
+        known_test=prepare(test, known, True, test_labels),
+        unknown_test=prepare(unknown_source, unknown, False, test_labels),
     )
 
 
