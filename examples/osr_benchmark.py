@@ -9,7 +9,7 @@ runs found there are skipped, so an interrupted benchmark resumes. A Markdown
 summary (mean +- std over splits x seeds) is written to --summary.
 
     python examples/osr_benchmark.py --dataset fashion_mnist --splits 0,1,2,3,4 \\
-        --seeds 0,1,2 --epochs 8 --summary docs/results/fashion_mnist_osr.md
+        --seeds 0,1,2 --epochs 6 --summary docs/results/fashion_mnist_osr.md
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main(argv=None):
     parser.add_argument("--splits", default="0,1,2,3,4")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="folder of per-run JSON (default results/osr/<dataset>)")
