@@ -124,7 +124,9 @@ class MaskPreview(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self.model, "preview"):
+        from keras_gradmix.model import GradMixModel
+
+        if not isinstance(self.model, GradMixModel):
             raise ValueError(
                 f"MaskPreview shows GradMix masks; the model being trained is a "
                 f"{type(self.model).__name__}, not a GradMixModel."

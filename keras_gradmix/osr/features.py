@@ -33,8 +33,10 @@ def iter_batches(data, batch_size: int = 256) -> Iterator[tuple]:
 
 
 def _inner(model):
+    from keras_gradmix.model import GradMixModel
+
     # A GradMixModel's layers live in the model it wraps.
-    return getattr(model, "model", model) if hasattr(model, "preview") else model
+    return model.model if isinstance(model, GradMixModel) else model
 
 
 def collect(model, data, feature_layer: str | None = None, batch_size: int = 256) -> dict:
