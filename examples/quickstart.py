@@ -72,9 +72,10 @@ def train_and_score(method: str, data, epochs: int, seed: int, out: str) -> dict
     trainer.fit(data.known_train, epochs=epochs)
     seconds = time.perf_counter() - start
     raw = open_set_scores(model, data.known_test, data.unknown_test, SCORES)
-    if method == "gradmix":  # what the trained model is pushed away from
-        x, y = next(iter(data.known_test))
-        plot_masks(trainer, x[:6], y[:6], os.path.join(out, "masks.png"), seed=seed)
+    if method == "gradmix":  # what the trained model is pushed away from: one per class
+        x, y = (np.concatenate(part) for part in zip(*data.known_test.as_numpy_iterator()))
+        first = [np.flatnonzero(y == c)[0] for c in range(6)]
+        plot_masks(trainer, x[first], y[first], os.path.join(out, "masks.png"), seed=seed)
     metrics = {
         s: evaluate_open_set(raw["known"][s], raw["unknown"][s], raw["known_pred"], raw["known_true"])
         for s in SCORES
