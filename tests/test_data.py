@@ -1,7 +1,6 @@
 """OSR splits and loaders: real Fashion-MNIST and MNIST digits, tfds mock data, a synthetic TinyImageNet folder."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

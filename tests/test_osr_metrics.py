@@ -103,6 +103,13 @@ def test_metrics_agree_with_brute_force_on_random_inputs(seed):
         assert abs(r["oscr"] - arpl_oscr(known, unknown, pred == true)) <= 1 / n_k + 1 / n_u
 
 
+def test_oscr_directly():
+    assert oscr([0.9, 0.8, 0.3], [0.2, 0.85], [True, True, False]) == pytest.approx(0.5)
+    assert oscr([1.0, 2.0], [0.0], [True, True]) == pytest.approx(1.0)  # all correct, all above
+    with pytest.raises(ValueError, match="known_correct has 1 entries for 2"):
+        oscr([1.0, 2.0], [0.0], [True])
+
+
 def test_fpr_at_other_tpr():
     known, unknown = np.arange(10.0), np.arange(10.0) - 4.5
     # TPR 0.5 accepts knowns >= 5: unknowns 5.5 ... 4.5 -> 0.5, 1.5 ... 4.5 -> none >= 5

@@ -1,4 +1,3 @@
-import keras
 import numpy as np
 import pytest
 from conftest import functional_cnn, nested_cnn, sequential_cnn, subclassed_cnn
