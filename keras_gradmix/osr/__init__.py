@@ -5,7 +5,11 @@ positive class for AUROC, AUPR-In and FPR@95%TPR.
 """
 
 from keras_gradmix.osr.callback import OpenSetEvaluation
-from keras_gradmix.osr.evaluation import evaluate_model_open_set, open_set_scores
+from keras_gradmix.osr.evaluation import (
+    evaluate_model_open_set,
+    metrics_by_score,
+    open_set_scores,
+)
 from keras_gradmix.osr.features import collect
 from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
 from keras_gradmix.osr.plots import plot_open_set
@@ -34,6 +38,7 @@ __all__ = [
     "knn",
     "knn_class_scores",
     "mahalanobis",
+    "metrics_by_score",
     "mls",
     "msp",
     "open_set_scores",

@@ -7,8 +7,7 @@ import os
 
 import keras
 
-from keras_gradmix.osr.evaluation import check_scores, open_set_scores
-from keras_gradmix.osr.metrics import evaluate_open_set
+from keras_gradmix.osr.evaluation import check_scores, metrics_by_score, open_set_scores
 from keras_gradmix.osr.plots import plot_open_set
 
 METRICS = ("accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "oscr")
@@ -66,11 +65,7 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         raw = open_set_scores(self.model, self.known_data, self.unknown_data, self.scores,
                               **self.options)
         self._last_raw = raw
-        return {
-            name: evaluate_open_set(raw["known"][name], raw["unknown"][name],
-                                    raw["known_pred"], raw["known_true"])
-            for name in self.scores
-        }
+        return metrics_by_score(raw)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:

@@ -61,13 +61,8 @@ def open_set_scores(
     }
 
 
-def evaluate_model_open_set(model, known_data, unknown_data, scores=("msp", "mls"), **kwargs) -> dict:
-    """``{score: evaluate_open_set(...)}`` for a model on known and unknown data.
-
-    Closed-set predictions are the arg-max of the model's outputs. Keyword
-    arguments as in :func:`open_set_scores`.
-    """
-    raw = open_set_scores(model, known_data, unknown_data, scores, **kwargs)
+def metrics_by_score(raw: dict) -> dict:
+    """``{score: evaluate_open_set(...)}`` from :func:`open_set_scores` output."""
     return {
         name: evaluate_open_set(
             raw["known"][name], raw["unknown"][name], raw["known_pred"], raw["known_true"]
@@ -75,3 +70,11 @@ def evaluate_model_open_set(model, known_data, unknown_data, scores=("msp", "mls
         for name in raw["known"]
     }
 
+
+def evaluate_model_open_set(model, known_data, unknown_data, scores=("msp", "mls"), **kwargs) -> dict:
+    """``{score: evaluate_open_set(...)}`` for a model on known and unknown data.
+
+    Closed-set predictions are the arg-max of the model's outputs. Keyword
+    arguments as in :func:`open_set_scores`.
+    """
+    return metrics_by_score(open_set_scores(model, known_data, unknown_data, scores, **kwargs))
