@@ -2,24 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# `make test` runs the suite once per backend; BACKENDS=jax narrows it.
+BACKENDS ?= tensorflow jax torch
+# The PyTorch CPU build (a plain `torch` requirement pulls a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
 
 .PHONY: venv test demo clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,examples]"
+	$(PY) -m pip install --quiet -e ".[test,examples,jax]" "$(TORCH)"
 	touch $@
 
 test: venv
-	$(PY) -m pytest -q tests
+	@for backend in $(BACKENDS); do \
+		echo "== KERAS_BACKEND=$$backend"; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q tests || exit 1; \
+	done
 
 demo: venv
-	$(PY) examples/quickstart.py
+	KERAS_BACKEND=tensorflow $(PY) examples/quickstart.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

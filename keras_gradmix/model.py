@@ -239,7 +239,14 @@ class GradMixModel(keras.Model):
 
     # ---------------------------------------------------------------- inference
     def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
+        outputs = self.model(inputs, training=training)
+        if isinstance(outputs, (list, tuple, dict)):
+            raise ValueError(
+                f"GradMixModel needs a model with one output (class scores); "
+                f"{self.model.name!r} returned {type(outputs).__name__} of "
+                f"{len(outputs)} outputs."
+            )
+        return outputs
 
     # ------------------------------------------------------------ train step
     def fit(self, *args, **kwargs):
@@ -287,7 +294,8 @@ class GradMixModel(keras.Model):
                 )
             activation = outputs[0]
             if not ops.is_tensor(activation) or len(activation.shape) != 4:
-                shape = getattr(activation, "shape", type(activation).__name__)
+                shape = getattr(activation, "shape", None)
+                shape = type(activation).__name__ if shape is None else tuple(shape)
                 raise ValueError(
                     f"Layer {path!r} returned {shape}; GradMix needs one 4-D "
                     f"(batch, height, width, channels) feature map. Choose a "
@@ -295,6 +303,15 @@ class GradMixModel(keras.Model):
                 )
             activations.append(activation)
         return activations
+
+    def check_reaches_output(self, reaches: Sequence[bool]):
+        """Raises for an attributed layer whose output does not reach the model's."""
+        for path, reached in zip(self.layer_paths, reaches):
+            if not reached:
+                raise ValueError(
+                    f"The output of {self.model.name!r} does not depend on layer "
+                    f"{path!r}; attribute a layer on the path to the output."
+                )
 
     def _pick_last_image_layer(self, tap: LayerTap) -> str:
         four_d = [
@@ -425,6 +442,14 @@ class GradMixModel(keras.Model):
     # ---------------------------------------------------------------- checks
     def labels_as_onehot(self, y, y_pred):
         """Sparse ``(B,)``/``(B, 1)`` or one-hot ``(B, K)`` labels as float one-hot."""
+        y = ops.convert_to_tensor(y)
+        if self.check_labels(y, y_pred) == "sparse":
+            return ops.one_hot(ops.cast(ops.reshape(y, (-1,)), "int32"), y_pred.shape[-1])
+        return ops.cast(y, "float32")
+
+    def check_labels(self, y, y_pred) -> str:
+        """Checks one output of class scores and labels that fit it (shapes
+        only, so symbolic tensors do); returns ``"sparse"`` or ``"onehot"``."""
         if isinstance(y_pred, (list, tuple, dict)):
             raise ValueError(
                 f"GradMixModel needs a model with one output (class scores); "
@@ -448,17 +473,22 @@ class GradMixModel(keras.Model):
                 "GradMixModel needs one label tensor per batch, (x, y) or "
                 f"(x, y, sample_weight); got y of type {type(y).__name__}."
             )
-        y = ops.convert_to_tensor(y)
         shape = tuple(y.shape)
         if len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1 and classes != 1):
-            return ops.one_hot(ops.cast(ops.reshape(y, (-1,)), "int32"), classes)
+            return "sparse"
         if len(shape) == 2 and shape[-1] == classes:
-            return ops.cast(y, "float32")
+            return "onehot"
         raise ValueError(
             f"Labels of shape {shape} fit neither sparse class indices (batch,) or "
             f"(batch, 1) nor one-hot (batch, {classes}) for a model with {classes} "
             f"outputs."
         )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Keras builds the loss symbolically before the first step on some
+        # backends: check the labels there, before the loss's own shape error.
+        self.check_labels(y, y_pred)
+        return super().compute_loss(x, y, y_pred, sample_weight, training)
 
     def check_images(self, x):
         if isinstance(x, (list, tuple, dict)):
@@ -520,12 +550,17 @@ class GradMixModel(keras.Model):
 
 
 def _backend_step():
+    """The backend's step module: the only code that differentiates."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         from keras_gradmix.steps import tensorflow as step
+    elif backend == "jax":
+        from keras_gradmix.steps import jax as step
+    elif backend == "torch":
+        from keras_gradmix.steps import torch as step
     else:
         raise NotImplementedError(
-            f"GradMixModel trains with the TensorFlow backend for now; "
-            f"KERAS_BACKEND is {backend!r}. Set KERAS_BACKEND=tensorflow."
+            f"GradMixModel trains with the TensorFlow, JAX or PyTorch backend; "
+            f"KERAS_BACKEND is {backend!r}."
         )
     return step

@@ -15,6 +15,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from quickstart import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
 
 
+def to_numpy(x, dtype=None):
+    """Any backend's tensor (a torch tensor that requires grad too) as NumPy."""
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype)
+
+
+def xla(fn):
+    """``fn`` compiled with XLA on this backend (TensorFlow or JAX)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    pytest.skip(f"no XLA compilation of keras.ops code on the {backend} backend")
+
+
+xla_only = pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="jit_compile=True means torch.compile, not XLA"
+)
+
+
+def tf_only(reason):
+    return pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=reason)
+
+
 def cnn_layers(classes=10, bn=False):
     """conv1 -> [bn] -> pool -> conv2 -> gap -> logits; conv2 is half resolution."""
     layers = [keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")]

@@ -1,4 +1,5 @@
 import numpy as np
+from conftest import to_numpy
 import pytest
 import tensorflow as tf
 
@@ -11,7 +12,7 @@ def test_gradcam_on_hand_built_tensors():
     grads = np.zeros_like(acts)
     grads[..., 0] = 0.5  # channel weight 0.5
     grads[..., 1] = np.array([[-1.0, -1.0], [-1.0, -3.0]])  # channel weight -1.5
-    cam = np.asarray(gradcam(acts, grads))
+    cam = to_numpy(gradcam(acts, grads))
     # 0.5 * A0 - 1.5 * A1, then ReLU.
     expected = np.maximum(0.5 * acts[0, ..., 0] - 1.5 * acts[0, ..., 1], 0)
     np.testing.assert_allclose(cam[0], expected)
@@ -22,31 +23,31 @@ def test_gradcam_on_hand_built_tensors():
 def test_gradcam_computes_in_float32_from_float16():
     acts = np.full((1, 2, 2, 1), 300.0, np.float16)
     grads = np.full((1, 2, 2, 1), 300.0, np.float16)  # product overflows float16
-    cam = np.asarray(gradcam(acts, grads))
+    cam = to_numpy(gradcam(acts, grads))
     assert cam.dtype == np.float32
     np.testing.assert_allclose(cam, 90000.0)
 
 
 def test_normalize_per_image_and_per_batch():
     maps = np.array([[[0.0, 2.0], [1.0, 4.0]], [[10.0, 10.0], [10.0, 12.0]]])
-    per_image = np.asarray(normalize_maps(maps, "image"))
+    per_image = to_numpy(normalize_maps(maps, "image"))
     np.testing.assert_allclose(per_image[0], [[0, 0.5], [0.25, 1]], atol=1e-6)
     np.testing.assert_allclose(per_image[1], [[0, 0], [0, 1]], atol=1e-6)
-    per_batch = np.asarray(normalize_maps(maps, "batch"))
+    per_batch = to_numpy(normalize_maps(maps, "batch"))
     np.testing.assert_allclose(per_batch, maps / 12.0, atol=1e-6)
 
 
 def test_constant_map_normalises_to_zero_not_nan():
-    out = np.asarray(normalize_maps(np.full((2, 3, 3), 7.0)))
+    out = to_numpy(normalize_maps(np.full((2, 3, 3), 7.0)))
     np.testing.assert_array_equal(out, 0.0)
 
 
 def test_resize_is_bilinear_half_pixel():
     maps = np.array([[[0.0, 1.0]]])  # 1x2 -> 1x4
-    out = np.asarray(resize_maps(maps, (1, 4)))
+    out = to_numpy(resize_maps(maps, (1, 4)))
     # Half-pixel centres: output x -> input (x + 0.5) / 2 - 0.5, clamped.
     np.testing.assert_allclose(out[0, 0], [0.0, 0.25, 0.75, 1.0])
-    same = np.asarray(resize_maps(maps, (1, 2)))
+    same = to_numpy(resize_maps(maps, (1, 2)))
     np.testing.assert_array_equal(same, maps)
 
 
@@ -54,7 +55,7 @@ def test_attribution_maps_match_reference_pipeline():
     rng = np.random.default_rng(1)
     acts = rng.random((3, 7, 5, 4)).astype("float32")
     grads = rng.normal(size=(3, 7, 5, 4)).astype("float32")
-    out = np.asarray(attribution_maps(acts, grads, (14, 10)))
+    out = to_numpy(attribution_maps(acts, grads, (14, 10)))
     cam = np.maximum(np.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2))), 0)
     up = tf.image.resize(cam[..., None], (14, 10), method="bilinear").numpy()[..., 0]
     lo = up.min(axis=(1, 2), keepdims=True)

@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tf_only
 
 from keras_gradmix.data import KNOWN, UNKNOWN_CIFAR100, load_osr_split, osr_classes
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "osr-splits.json"
+
+pytestmark = tf_only("the loaders build tf.data pipelines: tested once, with TensorFlow")
 
 
 def labels_of(ds):

@@ -3,7 +3,15 @@
 import keras
 import numpy as np
 import pytest
-from conftest import SubclassedCNN, functional_cnn, nested_cnn, sequential_cnn, sparse_ce, subclassed_cnn
+from conftest import (
+    SubclassedCNN,
+    functional_cnn,
+    nested_cnn,
+    sequential_cnn,
+    sparse_ce,
+    subclassed_cnn,
+    tf_only,
+)
 
 from keras_gradmix import GradMixModel
 
@@ -13,6 +21,8 @@ def first_step_error(gm, x, y, match):
     before = [w.copy() for w in gm.model.get_weights()]
     with pytest.raises(ValueError, match=match):
         gm.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    if keras.backend.backend() == "jax":
+        return  # Keras' JAX fit() leaves the variables purged after an error
     for a, b in zip(before, gm.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -90,6 +100,7 @@ def test_images_must_be_4d():
     first_step_error(compiled(model), x, y, r"images of shape \(batch, height, width, channels\)")
 
 
+@tf_only("JAX and PyTorch steps always see concrete image sizes")
 def test_image_size_must_be_static():
     import tensorflow as tf
 
@@ -151,7 +162,7 @@ def test_single_unit_output_needs_the_loss_target(batch):
     gm.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     y = (batch[1] % 2).astype("float32")[:, None]
     first_step_error(gm, batch[0], y, "target='loss'")
-    gm = GradMixModel(model, "conv2", target="loss")
+    gm = GradMixModel(sequential_cnn(classes=1), "conv2", target="loss")
     gm.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     assert np.isfinite(gm.fit(batch[0], y, epochs=1, verbose=0).history["loss"]).all()
 

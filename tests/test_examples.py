@@ -7,9 +7,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from conftest import tf_only
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+
+pytestmark = tf_only("the examples train on tf.data: run once, with TensorFlow")
 
 
 def test_quickstart_writes_the_table_and_pictures(tmp_path):

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import xla, to_numpy
 from scipy import stats
 
 from keras_gradmix import box_masks, peak_positions, sample_beta, sample_mask_area
@@ -19,7 +19,7 @@ def test_box_position_size_clipping_and_real_area():
     # 10 x 12 image, area 0.25 -> sides round(10 * 0.5) = 5 rows, round(12 * 0.5) = 6 cols.
     maps = peaked_maps((3, 10, 12), [(2, 3), (9, 11), (5, 0)])
     mask, masked = box_masks(maps, 0.25)
-    mask, masked = np.asarray(mask), np.asarray(masked)
+    mask, masked = to_numpy(mask), to_numpy(masked)
     expected = np.zeros((3, 10, 12), bool)
     expected[0, 0:5, 0:6] = True  # rows [2-2, 2+3), cols [3-3, 3+3): fits exactly
     expected[1, 7:10, 8:12] = True  # bottom-right corner: clipped to 3 x 4
@@ -32,30 +32,30 @@ def test_box_position_size_clipping_and_real_area():
 def test_box_area_per_sample_and_odd_sides():
     maps = peaked_maps((2, 9, 9), [(4, 4), (4, 4)])
     mask, masked = box_masks(maps, np.array([1 / 9, 0.5], "float32"))
-    mask = np.asarray(mask)
+    mask = to_numpy(mask)
     # side round(9 / 3) = 3, rows [4 - 1, 4 + 2); side round(9 * 0.7071) = 6, rows [1, 7).
     assert mask[0, 3:6, 3:6].all() and mask[0].sum() == 9
     assert mask[1, 1:7, 1:7].all() and mask[1].sum() == 36
-    np.testing.assert_allclose(np.asarray(masked), [9 / 81, 36 / 81])
+    np.testing.assert_allclose(to_numpy(masked), [9 / 81, 36 / 81])
 
 
 def test_peak_ties_take_the_first_in_raster_order():
     maps = np.zeros((2, 4, 4), "float32")
     maps[0, 1, 2] = maps[0, 3, 0] = 1.0
     rows, cols = peak_positions(maps)  # map 1 is flat: first pixel
-    np.testing.assert_array_equal(np.asarray(rows), [1, 0])
-    np.testing.assert_array_equal(np.asarray(cols), [2, 0])
+    np.testing.assert_array_equal(to_numpy(rows), [1, 0])
+    np.testing.assert_array_equal(to_numpy(cols), [2, 0])
 
 
 def test_box_masks_compile_with_xla_and_dynamic_batch():
-    fn = tf.function(lambda m, a: box_masks(m, a), jit_compile=True, reduce_retracing=True)
+    fn = xla(lambda m, a: box_masks(m, a))
     maps = peaked_maps((3, 10, 12), [(2, 3), (9, 11), (5, 0)])
-    mask, masked = fn(tf.constant(maps), tf.constant(0.25))
-    np.testing.assert_allclose(masked.numpy(), [30 / 120, 12 / 120, 15 / 120])
+    mask, masked = fn(maps, np.float32(0.25))
+    np.testing.assert_allclose(to_numpy(masked), [30 / 120, 12 / 120, 15 / 120])
 
 
 def test_mask_area_follows_the_paper_range():
-    area = np.asarray(sample_mask_area((20000,), seed=keras.random.SeedGenerator(0)))
+    area = to_numpy(sample_mask_area((20000,), seed=keras.random.SeedGenerator(0)))
     assert area.min() >= 0.1 and area.max() <= 0.5
     # lam = 1 - area = 0.5 + 0.4 U(0, 1)
     assert stats.kstest(1 - area, stats.uniform(0.5, 0.4).cdf).pvalue > 1e-3
@@ -63,23 +63,23 @@ def test_mask_area_follows_the_paper_range():
 
 @pytest.mark.parametrize("alpha,beta", [(2.0, 0.5), (0.5, 0.5), (1.0, 3.0), (5.0, 5.0)])
 def test_beta_sampler_distribution(alpha, beta):
-    u = np.asarray(sample_beta((20000,), alpha, beta, seed=keras.random.SeedGenerator(1)))
+    u = to_numpy(sample_beta((20000,), alpha, beta, seed=keras.random.SeedGenerator(1)))
     assert np.all((u >= 0) & (u <= 1)) and np.isfinite(u).all()
     assert stats.kstest(u, stats.beta(alpha, beta).cdf).pvalue > 1e-3
 
 
 def test_int_seed_gives_independent_draws_and_repeats():
-    u = np.asarray(sample_beta((20000,), 2.0, 2.0, seed=5))
+    u = to_numpy(sample_beta((20000,), 2.0, 2.0, seed=5))
     assert stats.kstest(u, stats.beta(2.0, 2.0).cdf).pvalue > 1e-3  # not x == y -> 0.5
-    np.testing.assert_array_equal(u, np.asarray(sample_beta((20000,), 2.0, 2.0, seed=5)))
+    np.testing.assert_array_equal(u, to_numpy(sample_beta((20000,), 2.0, 2.0, seed=5)))
 
 
 def test_beta_sampler_compiles_with_xla():
-    @tf.function(jit_compile=True)
+    @xla
     def draw():
         return sample_mask_area((5000,), (0.2, 0.4), alpha=2.0, beta=3.0, seed=3)
 
-    area = draw().numpy()
+    area = to_numpy(draw())
     assert area.min() >= 0.2 and area.max() <= 0.4
     u = (0.4 - area) / 0.2
     assert stats.kstest(u, stats.beta(2.0, 3.0).cdf).pvalue > 1e-3
@@ -95,7 +95,7 @@ def test_mask_area_outside_unit_interval_is_rejected(bad):
 
 def test_fixed_area_is_allowed():
     assert validate_mask_area((0.25, 0.25)) == (0.25, 0.25)
-    area = np.asarray(sample_mask_area((4,), (0.25, 0.25), seed=0))
+    area = to_numpy(sample_mask_area((4,), (0.25, 0.25), seed=0))
     np.testing.assert_allclose(area, 0.25)
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import functional_cnn, nested_cnn, sequential_cnn, subclassed_cnn
+from conftest import functional_cnn, nested_cnn, sequential_cnn, subclassed_cnn, to_numpy
 
 from keras_gradmix import LayerTap, iter_layers, resolve_layer
 
@@ -45,9 +45,9 @@ def test_tap_records_the_layer_output_and_restores_the_layer(factory):
         y = model(x)
     (recorded,) = tap.outputs[path]
     assert tuple(recorded.shape) == (2, 14, 14, 8)
-    pooled = np.asarray(recorded).mean(axis=(1, 2))
+    pooled = to_numpy(recorded).mean(axis=(1, 2))
     expected = model.get_layer("logits")(pooled)
-    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(y), to_numpy(expected), rtol=1e-5, atol=1e-6)
     assert "call" not in layer.__dict__  # class method restored
     with LayerTap({path: layer}) as tap2:
         pass
@@ -61,4 +61,4 @@ def test_on_output_can_replace_the_activation():
     with LayerTap({"conv2": model.get_layer("conv2")}, on_output=lambda a: a * 0.0 + 1.0):
         y = model(x)
     expected = model.get_layer("logits")(np.ones((1, 8), "float32"))
-    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(y), to_numpy(expected), rtol=1e-6)

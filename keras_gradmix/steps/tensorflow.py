@@ -33,12 +33,7 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
     # Gradients w.r.t. the activations only: nothing reaches the parameters.
     with tape.stop_recording():
         gradients = tape.gradient(score, activations)
-    for path, gradient in zip(gm.layer_paths, gradients):
-        if gradient is None:
-            raise ValueError(
-                f"The output of {gm.model.name!r} does not depend on layer "
-                f"{path!r}; attribute a layer on the path to the output."
-            )
+    gm.check_reaches_output([g is not None for g in gradients])
     return y_pred, clean_loss, activations, gradients
 
 

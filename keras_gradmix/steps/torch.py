@@ -1,0 +1,77 @@
+"""The GradMix train step on the PyTorch backend (autograd).
+
+Mirrors Keras' built-in torch ``train_step`` (``zero_grad``, loss tracking,
+loss scaling, ``backward``, ``optimizer.apply``). The attribution gradients
+come from ``torch.autograd.grad`` on the clean forward's graph, which is kept
+for the update: they never land in the parameters' ``.grad``. All GradMix maths
+lives in backend-agnostic code.
+"""
+
+from __future__ import annotations
+
+import keras
+import torch
+
+
+def _require_grad(output):
+    # The output of a layer with nothing trainable before it is a leaf:
+    # mark it, so that the score can be differentiated with respect to it.
+    return output if output.requires_grad else output.requires_grad_()
+
+
+def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
+    """Clean forward; gradients of the score w.r.t. the attributed layers.
+
+    Returns ``(y_pred, clean_loss or None, activations, gradients)``; the
+    graph of ``y_pred`` and ``clean_loss`` is kept.
+    """
+    gm.check_images(x)
+    with gm.tap(on_output=_require_grad) as tap:
+        y_pred = gm(x, training=training)
+    y_onehot = gm.labels_as_onehot(y, y_pred)
+    activations = gm.tapped_activations(tap)
+    clean_loss = None
+    if need_loss or gm.target == "loss":
+        gm.check_compiled()
+        clean_loss = gm._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+    score = gm.attribution_target(y_onehot, y_pred, clean_loss)
+    gradients = torch.autograd.grad(score, activations, retain_graph=True, allow_unused=True)
+    gm.check_reaches_output([g is not None for g in gradients])
+    activations = [a.detach() for a in activations]
+    return y_pred, clean_loss, activations, list(gradients)
+
+
+def attribute(gm, x, y):
+    """Activations and score gradients of the attributed layers, inference mode."""
+    x = keras.ops.convert_to_tensor(x)
+    _, _, activations, gradients = _forward_and_attribute(
+        gm, x, y, None, training=False, need_loss=False
+    )
+    return activations, gradients
+
+
+def train_step(gm, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    gm.check_compiled()
+    gm.zero_grad()
+    y_pred, clean_loss, activations, gradients = _forward_and_attribute(
+        gm, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
+    )
+    with torch.no_grad():
+        masked = gm.masked_batch(x, activations, gradients)
+    with gm.masked_pass_statistics():
+        y_masked = gm(masked.images, training=True)
+    loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, masked)
+    gm._loss_tracker.update_state(loss, sample_weight=x.shape[0])
+    if gm.optimizer is not None:
+        loss = gm.optimizer.scale_loss(loss)
+
+    trainable_weights = list(gm.trainable_weights)
+    if trainable_weights:
+        loss.backward()
+        gradients = [v.value.grad for v in trainable_weights]
+        with torch.no_grad():
+            gm.optimizer.apply(gradients, trainable_weights)
+    return gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
