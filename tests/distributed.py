@@ -1,0 +1,173 @@
+"""Subprocess side of tests/test_distribute.py (tf.distribute needs a fresh process).
+
+    python tests/distributed.py mirrored OUT.npz
+        one GradMix step under MirroredStrategy on two logical CPU devices and
+        the same step on one device; writes both weight sets.
+    python tests/distributed.py worker INDEX PORT0,PORT1 OUT.npz
+        one of two MultiWorkerMirroredStrategy workers on 127.0.0.1; trains a
+        few GradMix steps and writes its weights.
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax \
+    python tests/distributed.py data_parallel OUT.npz
+        one GradMix step under keras.distribution.DataParallel on two host CPU
+        devices and the same step on one device.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def digits(n=64):
+    """sklearn's 8x8 digits in [0, 1]: small real images."""
+    data = load_digits()
+    x = (data.images[:n, :, :, None] / 16.0).astype("float32")
+    return x, data.target[:n].astype("int32")
+
+
+def gradmix_model(**options):
+    import keras
+
+    from keras_gradmix import GradMixModel
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
+    # A constant fill and one area per batch: the masks depend on the maps and
+    # the seed only, not on how the batch is split over replicas.
+    gm = GradMixModel(model, "conv2", attribution="layercam", fill=0.5, seed=7, **options)
+    gm.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return gm
+
+
+def dataset(steps):
+    import tensorflow as tf
+
+    x, y = digits(GLOBAL_BATCH * steps)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+
+
+def weights(gm):
+    return {f"w{i}": np.asarray(w) for i, w in enumerate(gm.model.weights)}
+
+
+def plain_step(*data):
+    """The same start, one step without GradMix."""
+    import keras
+
+    model = gradmix_model().model
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*data, batch_size=GLOBAL_BATCH, verbose=0)
+    return {f"w{i}": np.asarray(w) for i, w in enumerate(model.weights)}
+
+
+def mirrored(out):
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    result = {}
+    for mode in ("paired", "replace"):
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        with strategy.scope():
+            gm = gradmix_model(mode=mode)
+        initial = weights(gm)
+        gm.fit(dataset(1), verbose=0)
+        single = gradmix_model(mode=mode)
+        single.fit(dataset(1), verbose=0)
+        plain = plain_step(*digits(GLOBAL_BATCH))
+        for name, value in initial.items():
+            result[f"{mode}/initial/{name}"] = value
+        for name, value in weights(gm).items():
+            result[f"{mode}/distributed/{name}"] = value
+        for name, value in weights(single).items():
+            result[f"{mode}/single/{name}"] = value
+        for name, value in plain.items():
+            result[f"{mode}/plain/{name}"] = value
+    np.savez(out, **result)
+
+
+def worker(index, ports, out):
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
+            "task": {"type": "worker", "index": int(index)},
+        }
+    )
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        gm = gradmix_model()
+        gm.optimizer.build(gm.trainable_variables)
+
+    # Keras 3's fit() fails under MultiWorkerMirroredStrategy for every model
+    # (keras-team/keras#20585); this is the README's custom loop.
+    @tf.function
+    def train_step(batch):
+        logs = strategy.run(gm.train_step, args=(batch,))
+        return strategy.reduce("MEAN", logs["loss"], axis=None)
+
+    losses = []
+    for epoch in range(1):
+        gm.epoch.assign(epoch)
+        for batch in strategy.experimental_distribute_dataset(dataset(3)):
+            losses.append(float(train_step(batch)))
+    np.savez(out, losses=np.array(losses), **weights(gm))
+
+
+def data_parallel(out):
+    import jax
+    import keras
+
+    assert keras.backend.backend() == "jax" and len(jax.devices()) == 2
+    x, y = digits(GLOBAL_BATCH)
+    result = {}
+    for mode in ("paired", "replace"):
+        single = gradmix_model(mode=mode)
+        initial = weights(single)
+        single.fit(x, y, batch_size=GLOBAL_BATCH, verbose=0)
+        plain = plain_step(x, y)
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+        try:
+            parallel = gradmix_model(mode=mode)
+            parallel.fit(x, y, batch_size=GLOBAL_BATCH, verbose=0)
+            sharding = parallel.model.weights[0].value.sharding
+            assert len(sharding.device_set) == 2  # replicated over both devices
+        finally:
+            keras.distribution.set_distribution(None)
+        for name, value in initial.items():
+            result[f"{mode}/initial/{name}"] = value
+        for name, value in weights(parallel).items():
+            result[f"{mode}/distributed/{name}"] = value
+        for name, value in weights(single).items():
+            result[f"{mode}/single/{name}"] = value
+        for name, value in plain.items():
+            result[f"{mode}/plain/{name}"] = value
+    np.savez(out, **result)
+
+
+if __name__ == "__main__":
+    {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[sys.argv[1]](
+        *sys.argv[2:]
+    )
