@@ -23,7 +23,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_gradmix import GradMixModel, MaskPreview  # noqa: E402
 from keras_gradmix.data import load_osr_split  # noqa: E402
@@ -61,6 +60,8 @@ def resnet18(input_shape=(32, 32, 3), classes: int = 6, width: int = 64) -> kera
 
 
 def augment(x, y):
+    import tensorflow as tf  # the data pipeline only: resnet18() needs no TensorFlow
+
     x = tf.image.resize_with_crop_or_pad(x, 40, 40)
     x = tf.image.random_crop(x, tf.concat([tf.shape(x)[:1], [32, 32, 3]], axis=0))
     return tf.image.random_flip_left_right(x), y
@@ -81,6 +82,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true",
                         help="offline check: tfds mock data, width 8, 1 epoch of 2 steps")
     args = parser.parse_args(argv)
+    import tensorflow as tf
 
     steps = None
     mock = contextlib.nullcontext()

@@ -1,0 +1,89 @@
+"""The benchmarks run (--smoke) and measure what they say they measure."""
+
+import json
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+from conftest import to_numpy
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("benchmarks/step_cost.py measures TensorFlow steps", allow_module_level=True)
+import step_cost  # noqa: E402
+
+
+def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
+    results = step_cost.main(["--smoke", "--out", str(tmp_path)])
+    assert set(results) == {"small_cnn/off", "small_cnn/on"}
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(results))
+    for row in results.values():
+        med = row["median_ms"]
+        assert set(med) == set(step_cost.VARIANTS) and row["steps"] == 2
+        for v in step_cost.VARIANTS:
+            assert 0 < row["min_ms"][v] <= med[v] <= row["max_ms"][v]
+        ratios = row["ratios"]
+        assert ratios["paired_over_cutmix_paired"] == pytest.approx(
+            med["gradmix-paired"] / med["cutmix-paired"])
+        assert ratios["replace_extra_over_forward"] == pytest.approx(
+            (med["gradmix-replace"] - med["plain"]) / med["forward"])
+    memory = results["small_cnn/off"]["peak_rss_mb"]
+    assert set(memory) == {"plain", "gradmix-replace"} and min(memory.values()) > 100
+    assert "peak_rss_mb" not in results["small_cnn/on"]
+    text = (tmp_path / "step_cost.md").read_text()
+    assert "Command: `python benchmarks/step_cost.py --smoke --out" in text
+    assert "| t_gradmix_paired / t_cutmix_paired |" in text and "keras " + keras.__version__ in text
+
+
+def train_one_step(trainer, x, y):
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+    return loss, [to_numpy(w) for w in trainer.model.weights]
+
+
+def test_reference_style_step_trains_exactly_like_gradmix_paired(mnist):
+    """Same masks and update; the reference-style step only costs more."""
+    from keras_gradmix import GradMixModel
+
+    x, y = mnist[0][:32], mnist[1][:32]
+    options = dict(layer="conv2", attribution="layercam", mode="paired", seed=3)
+    _, shape, _ = step_cost.MODELS["small_cnn"]
+    assert x.shape[1:] == shape
+    fused = train_one_step(GradMixModel(step_cost.small_cnn(0), **options), x, y)
+    reference = train_one_step(step_cost.ReferenceStyle(step_cost.small_cnn(0), **options), x, y)
+    assert reference[0] == pytest.approx(fused[0], rel=1e-5)
+    for a, b in zip(reference[1], fused[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_cutmix_baseline_loss_is_the_area_mixed_loss_of_the_pasted_batch(mnist, paired):
+    from keras_gradmix import masks, mixing
+
+    x, y = mnist[0][:16], mnist[1][:16]
+    model = step_cost.small_cnn(0)
+    cutmix = step_cost.CutMix(model, paired=paired, seed=5)
+    cutmix.compile(optimizer=keras.optimizers.SGD(0.0),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = cutmix.train_on_batch(x, y)
+
+    # The same draws, in the same order, by hand.
+    seed = keras.random.SeedGenerator(5)
+    centres = to_numpy(keras.random.uniform(x.shape[:3], seed=seed))
+    area = float(keras.random.uniform((), 0.1, 0.5, seed=seed))
+    partner = to_numpy(mixing.random_partner(16, seed=seed))
+    box = to_numpy(masks.box_masks(centres, area)[0])
+    assert sorted(partner) == list(range(16)) and 0 < box.mean() < 0.5
+    pasted = box.mean(axis=(1, 2))
+    images = np.where(box[..., None], x[partner], x)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    logits = model(images)
+    expected = np.mean((1 - pasted) * ce(y, logits) + pasted * ce(y[partner], logits))
+    if paired:
+        expected += np.mean(ce(y, model(x)))
+    assert loss == pytest.approx(expected, rel=1e-5)
