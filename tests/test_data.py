@@ -144,3 +144,17 @@ def test_tinyimagenet_folder(tmp_path):
     for image, label in zip(x.numpy(), y.numpy()):  # pixel value = original class id
         assert abs(image.mean() * 255 - known[label]) < 1.5
     assert sorted(labels_of(data.unknown_test)) == sorted(unknown)
+
+
+def test_two_views_apply_the_augmentation_twice_with_different_randomness():
+    from keras_gradmix.data import two_views
+
+    x = np.arange(4 * 6 * 6, dtype="float32").reshape(4, 6, 6, 1)
+    y = np.arange(4)
+    noise = lambda images: images + tf.random.uniform(tf.shape(images))  # noqa: E731
+    views, labels = next(iter(two_views(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), noise)))
+    assert views.shape == (4, 2, 6, 6, 1)
+    np.testing.assert_array_equal(labels, y)
+    diff = views.numpy() - x[:, None]
+    assert ((diff >= 0) & (diff < 1)).all()  # each view is the image plus its own noise
+    assert not np.allclose(views[:, 0], views[:, 1])

@@ -6,7 +6,7 @@ import pytest
 from conftest import mnist_cnn, sparse_ce
 
 from keras_gradmix import GradMixModel
-from keras_gradmix.osr import OpenSetEvaluation, evaluate_model_open_set
+from keras_gradmix.osr import OpenSetEvaluation, collect, evaluate_model_open_set, knn_predict
 
 KNOWN = [2, 4, 5, 9, 8, 3]  # MNIST split 0
 
@@ -96,9 +96,27 @@ def test_tf_data_inputs(osr_data):
         (dict(scores=("msp", "odin")), "Unknown open-set scores"),
         (dict(scores=("knn",)), "feature_layer"),
         (dict(every=0), "every must be"),
+        (dict(predictions="knn"), "predictions='knn'.*feature_layer"),
+        (dict(predictions="probe"), "predictions must be one of"),
     ],
 )
 def test_bad_callback_arguments(osr_data, kwargs, match):
     _, known, unknown = osr_data
     with pytest.raises(ValueError, match=match):
         OpenSetEvaluation(known, unknown, **kwargs)
+
+
+def test_knn_predictions_for_an_encoder_without_a_classification_head(osr_data):
+    train, known, unknown = osr_data
+    model = six_class_cnn()
+    model.compile(optimizer="adam", loss=sparse_ce())
+    model.fit(*train, epochs=1, batch_size=64, verbose=0)
+    encoder = keras.Model(model.inputs, model.get_layer("flatten").output)  # features, no logits
+    callback = OpenSetEvaluation(known, unknown, scores=("knn",), train_data=train,
+                                 feature_layer="flatten", predictions="knn")
+    callback.set_model(encoder)
+    accuracy = callback.evaluate()["knn"]["accuracy"]
+    features = {name: collect(encoder, data, "flatten")["features"] for name, data in
+                (("train", train), ("known", known))}
+    expected = np.mean(knn_predict(features["known"], features["train"], train[1]) == known[1])
+    assert accuracy == pytest.approx(expected) and accuracy > 0.8

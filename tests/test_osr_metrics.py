@@ -11,6 +11,8 @@ from keras_gradmix.osr import (
     fpr_at_tpr,
     knn,
     knn_class_scores,
+    knn_predict,
+    linear_probe,
     mahalanobis,
     mls,
     msp,
@@ -177,3 +179,24 @@ def test_mahalanobis_against_brute_force():
     precision = np.linalg.inv(centred.T @ centred / len(centred))
     expected = [max(-(f - m) @ precision @ (f - m) for m in means) for f in test]
     np.testing.assert_allclose(mahalanobis(test, train, labels), expected, rtol=1e-8)
+
+
+def test_knn_predict_is_the_class_with_the_largest_similarity_sum():
+    rng = np.random.default_rng(3)
+    train, labels = rng.random((40, 6)), rng.integers(0, 4, 40) * 2  # classes 0, 2, 4, 6
+    test = rng.random((9, 6))
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sims = unit(test) @ unit(train).T
+    classes = np.unique(labels)
+    brute = [classes[np.argmax([np.sort(s[labels == c])[-3:].sum() for c in classes])] for s in sims]
+    np.testing.assert_array_equal(knn_predict(test, train, labels, k=3), brute)
+
+
+def test_linear_probe_on_real_digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    predicted = linear_probe(x[:1200], y[:1200], x[1200:])
+    assert np.mean(predicted == y[1200:]) > 0.9  # pixels of 8x8 digits are nearly linearly separable
+    separable = np.eye(3)[[0, 1, 2, 0, 1, 2]] + 0.01
+    np.testing.assert_array_equal(linear_probe(separable, [5, 6, 7, 5, 6, 7], separable), [5, 6, 7, 5, 6, 7])

@@ -13,6 +13,7 @@ from keras_gradmix.osr.evaluation import (
 from keras_gradmix.osr.features import collect
 from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
 from keras_gradmix.osr.plots import plot_open_set
+from keras_gradmix.osr.probe import knn_predict, linear_probe
 from keras_gradmix.osr.scores import (
     FEATURE_SCORES,
     LOGIT_SCORES,
@@ -37,6 +38,8 @@ __all__ = [
     "fpr_at_tpr",
     "knn",
     "knn_class_scores",
+    "knn_predict",
+    "linear_probe",
     "mahalanobis",
     "metrics_by_score",
     "mls",

@@ -38,6 +38,9 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             feature scores ``knn`` and ``mahalanobis``.
         feature_layer: layer path of the features for those scores.
         k: neighbours of ``knn``; temperature: of ``energy``.
+        predictions: closed-set predictions from ``"logits"`` (arg-max of the
+            model's outputs) or ``"knn"`` (k-NN vote on the ``feature_layer``
+            features: for encoders without a classification head).
         prefix: of the log keys.
 
     Example:
@@ -48,15 +51,17 @@ class OpenSetEvaluation(keras.callbacks.Callback):
     def __init__(self, known_data, unknown_data, scores=("msp", "mls"), every: int = 1,
                  csv_path: str | None = None, plot_dir: str | None = None, *,
                  train_data=None, feature_layer: str | None = None, k: int = 3,
-                 temperature: float = 1.0, prefix: str = "val_osr_", batch_size: int = 256):
+                 temperature: float = 1.0, prefix: str = "val_osr_", batch_size: int = 256,
+                 predictions: str = "logits"):
         super().__init__()
-        self.scores = check_scores(scores, feature_layer, train_data)
+        self.scores = check_scores(scores, feature_layer, train_data, predictions)
         if int(every) != every or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}.")
         self.known_data, self.unknown_data, self.train_data = known_data, unknown_data, train_data
         self.every, self.csv_path, self.plot_dir = int(every), csv_path, plot_dir
         self.options = dict(feature_layer=feature_layer, train_data=train_data, k=k,
-                            temperature=temperature, batch_size=batch_size)
+                            temperature=temperature, batch_size=batch_size,
+                            predictions=predictions)
         self.prefix = prefix
         self.history: list[dict] = []  # one {"epoch", "score", metrics...} row per evaluation
 

@@ -5,20 +5,29 @@ from __future__ import annotations
 from keras_gradmix.osr import scores as score_lib
 from keras_gradmix.osr.features import collect
 from keras_gradmix.osr.metrics import evaluate_open_set
+from keras_gradmix.osr.probe import knn_predict
 
 
-def check_scores(scores, feature_layer, train_data) -> tuple[str, ...]:
-    """Validates score names; feature scores need a layer and training data."""
+PREDICTIONS = ("logits", "knn")
+
+
+def check_scores(scores, feature_layer, train_data, predictions="logits") -> tuple[str, ...]:
+    """Validates score names and the prediction rule; feature scores and
+    k-NN predictions need a layer and training data."""
     if isinstance(scores, str):
         scores = (scores,)
     scores = tuple(scores)
     unknown = [s for s in scores if s not in score_lib.SCORES]
     if unknown or not scores:
         raise ValueError(f"Unknown open-set scores {unknown}; choose from {score_lib.SCORES}.")
+    if predictions not in PREDICTIONS:
+        raise ValueError(f"predictions must be one of {PREDICTIONS}, got {predictions!r}.")
     feature_scores = [s for s in scores if s in score_lib.FEATURE_SCORES]
+    if predictions == "knn":
+        feature_scores.append("predictions='knn'")
     if feature_scores and (feature_layer is None or train_data is None):
         raise ValueError(
-            f"Scores {feature_scores} compare features with those of the training "
+            f"{feature_scores} compare features with those of the training "
             f"data: pass feature_layer='<layer path>' (e.g. the global pooling "
             f"layer) and train_data=(x_train, y_train) of the known classes."
         )
@@ -28,14 +37,19 @@ def check_scores(scores, feature_layer, train_data) -> tuple[str, ...]:
 def open_set_scores(
     model, known_data, unknown_data, scores=("msp", "mls"), *, feature_layer=None,
     train_data=None, k: int = 3, temperature: float = 1.0, batch_size: int = 256,
+    predictions: str = "logits",
 ) -> dict:
     """Scores of the known and unknown samples and the known predictions.
+
+    ``predictions``: the closed-set prediction, ``"logits"`` (arg-max of the
+    model's outputs) or ``"knn"`` (k-NN vote on the ``feature_layer`` features,
+    for encoders without a classification head).
 
     Returns ``{"known_true", "known_pred", "known": {score: array},
     "unknown": {score: array}}``.
     """
-    scores = check_scores(scores, feature_layer, train_data)
-    needs_features = any(s in score_lib.FEATURE_SCORES for s in scores)
+    scores = check_scores(scores, feature_layer, train_data, predictions)
+    needs_features = predictions == "knn" or any(s in score_lib.FEATURE_SCORES for s in scores)
     layer = feature_layer if needs_features else None
     known = collect(model, known_data, layer, batch_size)
     unknown = collect(model, unknown_data, layer, batch_size)
@@ -53,9 +67,13 @@ def open_set_scores(
             part["features"], train["features"], train["labels"], **extra
         )
 
+    if predictions == "knn":
+        known_pred = knn_predict(known["features"], train["features"], train["labels"], k)
+    else:
+        known_pred = known["logits"].argmax(axis=1)
     return {
         "known_true": known["labels"],
-        "known_pred": known["logits"].argmax(axis=1),
+        "known_pred": known_pred,
         "known": {name: score(name, known) for name in scores},
         "unknown": {name: score(name, unknown) for name in scores},
     }
