@@ -111,7 +111,7 @@ class ReferenceStyle(GradMixModel):
                 clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, training=True)
                 with self.masked_pass_statistics():
                     y_masked = self(masked.images, training=True)
-                loss = self.gradmix_loss(x, y, clean_loss, y_masked, None, masked)
+                loss = self.gradmix_loss(x, y, y_pred, clean_loss, y_masked, None, masked)
             return loss, (y_pred, updated(scope))
 
         (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)

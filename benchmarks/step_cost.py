@@ -121,7 +121,7 @@ class ReferenceStyle(GradMixModel):
             clean_loss = self._compute_loss(x=x, y=y, y_pred=y_clean, training=True)
             with self.masked_pass_statistics():
                 y_masked = self(masked.images, training=True)
-            loss = self.gradmix_loss(x, y, clean_loss, y_masked, None, masked)
+            loss = self.gradmix_loss(x, y, y_clean, clean_loss, y_masked, None, masked)
         self._loss_tracker.update_state(loss)
         weights = self.trainable_weights
         self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))

@@ -329,6 +329,24 @@ class GradMixModel(keras.Model):
         logger.info("GradMix attributes the output of layer %r (layer=None).", four_d[-1])
         return four_d[-1]
 
+    # ------------------------------------------------ hooks of the backend steps
+    # The steps in keras_gradmix/steps/ call these; an objective other than the
+    # compiled loss (e.g. keras_gradmix.contrastive) overrides them.
+    def prepare_inputs(self, x):
+        """The image batch the step forwards (identity here)."""
+        return x
+
+    def clean_loss(self, x, y, y_pred, sample_weight, training=True):
+        """Loss of the clean batch: the compiled loss (and regularisers)."""
+        self.check_compiled()
+        return self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
+    def attribution_score(self, y, y_pred, clean_loss):
+        """Scalar whose gradient w.r.t. the attributed layers gives the maps."""
+        return self.attribution_target(self.labels_as_onehot(y, y_pred), y_pred, clean_loss)
+
     def attribution_target(self, y_onehot, y_pred, clean_loss):
         """Scalar whose gradient w.r.t. the layer outputs gives the attribution."""
         if self.target == "loss":
@@ -400,7 +418,7 @@ class GradMixModel(keras.Model):
             applied = active if applied is None else applied & active
         return applied
 
-    def gradmix_loss(self, x, y, clean_loss, y_masked, sample_weight, masked: MaskedBatch):
+    def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked: MaskedBatch):
         """Total loss of a step (see the class docstring)."""
 
         def weighted(w):

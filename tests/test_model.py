@@ -66,7 +66,7 @@ def test_mix_loss_mixes_labels_by_area():
     kept = np.array([0.9, 0.5, 0.75, 0.6], "float32")
     partner = np.array([1, 0, 3, 2])
     masked = MaskedBatch(None, None, None, kept, 1 - kept, partner, None)
-    loss = gm.gradmix_loss(None, y, None, logits, None, masked)
+    loss = gm.gradmix_loss(None, y, None, None, logits, None, masked)
     labels = np.argmax(y, axis=1)
     from reference import cross_entropy
 

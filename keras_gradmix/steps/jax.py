@@ -67,21 +67,15 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     for variable, value in zip(state, updated):
         variable.assign(value)
 
-    y_onehot = gm.labels_as_onehot(y, y_pred)
     clean_loss = None
     if need_loss or gm.target == "loss":
-        gm.check_compiled()
-        clean_loss = gm._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
+        clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
 
     def score(y_pred):
         loss = None
         if gm.target == "loss":
-            loss = gm._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-            )
-        return gm.attribution_target(y_onehot, y_pred, loss)
+            loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
+        return gm.attribution_score(y, y_pred, loss)
 
     # Gradients w.r.t. the activations only: a pullback from the output to the
     # attributed layers; nothing reaches the parameters (stop_gradient below).
@@ -94,7 +88,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = jax.numpy.asarray(x)
+    x = jax.numpy.asarray(gm.prepare_inputs(x))
     state = gm.trainable_variables + gm.non_trainable_variables
     with StatelessScope(state_mapping=[(v, v.value) for v in state]):
         _, _, activations, gradients = _forward_and_attribute(
@@ -107,6 +101,7 @@ def train_step(gm, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     gm.check_compiled()
+    x = gm.prepare_inputs(x)
 
     def loss_fn(trainable):
         mapping = list(zip(gm.trainable_variables, trainable))
@@ -119,7 +114,7 @@ def train_step(gm, state, data):
             masked = gm.masked_batch(x, activations, gradients)
             with gm.masked_pass_statistics():
                 y_masked = gm(masked.images, training=True)
-            loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, masked)
+            loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
             scaled = gm.optimizer.scale_loss(loss)
         return scaled, (loss, y_pred, _current(scope, gm.non_trainable_variables))
 

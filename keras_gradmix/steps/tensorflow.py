@@ -21,15 +21,11 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
     gm.check_images(x)
     with gm.tap(on_output=tape.watch) as tap:
         y_pred = gm(x, training=training)
-    y_onehot = gm.labels_as_onehot(y, y_pred)
     activations = gm.tapped_activations(tap)
     clean_loss = None
     if need_loss or gm.target == "loss":
-        gm.check_compiled()
-        clean_loss = gm._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
-    score = gm.attribution_target(y_onehot, y_pred, clean_loss)
+        clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
+    score = gm.attribution_score(y, y_pred, clean_loss)
     # Gradients w.r.t. the activations only: nothing reaches the parameters.
     with tape.stop_recording():
         gradients = tape.gradient(score, activations)
@@ -39,7 +35,7 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = tf.convert_to_tensor(x)
+    x = tf.convert_to_tensor(gm.prepare_inputs(x))
     with tf.GradientTape() as tape:
         _, _, activations, gradients = _forward_and_attribute(
             gm, tape, x, y, None, training=False, need_loss=False
@@ -50,6 +46,7 @@ def attribute(gm, x, y):
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     gm.check_compiled()
+    x = gm.prepare_inputs(x)
     # One persistent tape: the clean forward serves both the attribution and,
     # in paired mode, the clean loss; no second clean forward.
     with tf.GradientTape(persistent=True) as tape:
@@ -60,7 +57,7 @@ def train_step(gm, data):
             masked = gm.masked_batch(x, activations, gradients)
         with gm.masked_pass_statistics():
             y_masked = gm(masked.images, training=True)
-        loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, masked)
+        loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
         gm._loss_tracker.update_state(
             unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
         )

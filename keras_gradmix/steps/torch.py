@@ -28,15 +28,11 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     gm.check_images(x)
     with gm.tap(on_output=_require_grad) as tap:
         y_pred = gm(x, training=training)
-    y_onehot = gm.labels_as_onehot(y, y_pred)
     activations = gm.tapped_activations(tap)
     clean_loss = None
     if need_loss or gm.target == "loss":
-        gm.check_compiled()
-        clean_loss = gm._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
-    score = gm.attribution_target(y_onehot, y_pred, clean_loss)
+        clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
+    score = gm.attribution_score(y, y_pred, clean_loss)
     gradients = torch.autograd.grad(score, activations, retain_graph=True, allow_unused=True)
     gm.check_reaches_output([g is not None for g in gradients])
     activations = [a.detach() for a in activations]
@@ -45,7 +41,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = keras.ops.convert_to_tensor(x)
+    x = keras.ops.convert_to_tensor(gm.prepare_inputs(x))
     _, _, activations, gradients = _forward_and_attribute(
         gm, x, y, None, training=False, need_loss=False
     )
@@ -55,6 +51,7 @@ def attribute(gm, x, y):
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     gm.check_compiled()
+    x = gm.prepare_inputs(x)
     gm.zero_grad()
     y_pred, clean_loss, activations, gradients = _forward_and_attribute(
         gm, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
@@ -63,7 +60,7 @@ def train_step(gm, data):
         masked = gm.masked_batch(x, activations, gradients)
     with gm.masked_pass_statistics():
         y_masked = gm(masked.images, training=True)
-    loss = gm.gradmix_loss(x, y, clean_loss, y_masked, sample_weight, masked)
+    loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
     gm._loss_tracker.update_state(loss, sample_weight=x.shape[0])
     if gm.optimizer is not None:
         loss = gm.optimizer.scale_loss(loss)
