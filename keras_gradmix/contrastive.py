@@ -23,7 +23,10 @@ simclr = supcon_loss(z, temperature=0.1)          # NT-Xent: positives = the oth
 
 from __future__ import annotations
 
+import keras
 from keras import ops
+
+from keras_gradmix.model import GradMixModel, MaskedBatch
 
 
 def l2_normalize(features, axis: int = -1, epsilon: float = 1e-12):
@@ -95,3 +98,158 @@ def supcon_loss(
     log_prob = logits - log_denominator
     mean_log_prob = ops.sum(positives * log_prob, axis=1) / ops.sum(positives, axis=1)
     return -(temperature / base_temperature) * ops.mean(mean_log_prob)
+
+
+@keras.saving.register_keras_serializable(package="keras_gradmix")
+class GradMixContrastive(GradMixModel):
+    """The paper's recipe: supervised contrastive training with GradMix positives.
+
+    Wraps an ``encoder`` whose output is the projection (e.g. ResNet-18 with a
+    512-512-128 head); features are L2-normalised here. Each batch is
+    ``(views, labels)`` with ``views`` of shape ``(B, 2, H, W, C)``
+    (:func:`keras_gradmix.data.two_views`). One step, on every backend:
+
+    1. Forward both views ``Z`` (training mode); the attribution target is the
+       unsupervised NT-Xent of ``Z`` at ``attribution_temperature``, as the
+       authors' code (the gradient of a loss, not of a class score).
+    2. Mask view 1 at its attribution peak (the usual ``mask``/``fill``
+       options; view 2 stays clean) and forward ``[view 1 masked, view 2]``: ``Z~``.
+    3. ``loss = supcon_weight * SupCon(Z, y) + ssl_weight * (SimCLR(Z) +
+       w * SimCLR(Z, positives Z~))``, ``w`` the mean kept-area fraction of
+       view 1; ``supcon_positives=True`` also adds
+       ``supcon_weight * w * SupCon(Z, y, positives Z~)`` (their ``--supcon_aug``).
+
+    Compile with an optimizer only (no loss). Other keyword arguments are
+    those of :class:`GradMixModel` (``fill="mix"`` and ``mode`` do not apply).
+
+    Example:
+
+    ```python
+    import numpy as np, keras
+    from keras_gradmix.contrastive import GradMixContrastive
+    encoder = keras.Sequential([keras.Input((28, 28, 1)),
+                                keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(16)])
+    views = np.random.rand(32, 2, 28, 28, 1).astype("float32")
+    labels = np.random.randint(0, 4, 32)
+    gm = GradMixContrastive(encoder, layer="conv", seed=0)
+    gm.compile(optimizer="adam")
+    gm.fit(views, labels, batch_size=16, epochs=1, verbose=0)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layer=None,
+        *,
+        temperature: float = 0.05,
+        base_temperature: float = 0.07,
+        attribution_temperature: float = 0.05,
+        supcon_weight: float = 1.0,
+        ssl_weight: float = 1.0,
+        supcon_positives: bool = False,
+        attribution: str = "layercam",
+        **kwargs,
+    ):
+        for name in ("mode", "target", "label_mode"):
+            kwargs.pop(name, None)  # fixed by the recipe (and present in saved configs)
+        if kwargs.get("fill") == "mix":
+            raise ValueError(
+                "GradMixContrastive fills the box with noise or a constant; fill='mix' "
+                "(pasting a partner) has no labels to mix in the contrastive recipe."
+            )
+        super().__init__(model, layer, attribution=attribution, mode="paired", target="loss", **kwargs)
+        for name, value in (("temperature", temperature), ("base_temperature", base_temperature),
+                            ("attribution_temperature", attribution_temperature)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}.")
+        self.temperature = float(temperature)
+        self.base_temperature = float(base_temperature)
+        self.attribution_temperature = float(attribution_temperature)
+        self.supcon_weight = float(supcon_weight)
+        self.ssl_weight = float(ssl_weight)
+        self.supcon_positives = bool(supcon_positives)
+
+    def call(self, inputs, training=None):
+        # (B, 2, H, W, C) views -> features of both views, view-major (2B, D).
+        if len(inputs.shape) == 5:
+            inputs = self.prepare_inputs(inputs)
+        return super().call(inputs, training=training)
+
+    # ------------------------------------------------------------- step hooks
+    def prepare_inputs(self, x):
+        x = ops.convert_to_tensor(x)
+        if len(x.shape) != 5 or x.shape[1] != 2:
+            raise ValueError(
+                f"GradMixContrastive trains on two views per image, shape (batch, 2, "
+                f"height, width, channels); got shape {tuple(x.shape)}. Build them "
+                f"with keras_gradmix.data.two_views."
+            )
+        return ops.concatenate([x[:, 0], x[:, 1]], axis=0)
+
+    def check_compiled(self):
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError("GradMixContrastive needs compile(optimizer=...) (no loss).")
+
+    def _features(self, y_pred):
+        """(2B, D) outputs -> (B, 2, D) unit features."""
+        z = l2_normalize(ops.cast(y_pred, "float32"))
+        batch = z.shape[0] // 2
+        return ops.stack([z[:batch], z[batch:]], axis=1)
+
+    def _loss(self, features, labels=None, positive_features=None, temperature=None):
+        return supcon_loss(
+            features, labels, temperature=temperature or self.temperature,
+            base_temperature=self.base_temperature, positive_features=positive_features,
+        )
+
+    def clean_loss(self, x, y, y_pred, sample_weight, training=True):
+        z = self._features(y_pred)
+        return self.supcon_weight * self._loss(z, y) + self.ssl_weight * self._loss(z)
+
+    def attribution_score(self, y, y_pred, clean_loss):
+        # The reference attributes the unsupervised NT-Xent of the clean views.
+        return self.attribution_target(
+            None, y_pred, self._loss(self._features(y_pred), temperature=self.attribution_temperature)
+        )
+
+    def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
+        """Masks view 1 (the first half of the batch) only; view 2 stays clean."""
+        masked = super().masked_batch(images, activations, gradients, seed=seed)
+        view1 = ops.arange(images.shape[0]) < images.shape[0] // 2
+        applied = masked.applied & view1
+        return masked._replace(
+            images=ops.where(view1[:, None, None, None], masked.images, images),
+            mask=masked.mask & view1[:, None, None],
+            own=ops.where(view1, masked.own, 1.0),
+            applied=applied,
+        )
+
+    def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
+        z, z_mixed = self._features(y_pred), self._features(y_masked)
+        half = masked.own.shape[0] // 2
+        kept = ops.stop_gradient(ops.mean(masked.own[:half]))  # w: view 1's kept area
+        loss = clean_loss + self.ssl_weight * kept * self._loss(z, positive_features=z_mixed)
+        if self.supcon_positives:
+            loss = loss + self.supcon_weight * kept * self._loss(z, y, positive_features=z_mixed)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Labels index images, predictions are features of two views: the loss only.
+        return {"loss": self._loss_tracker.result()}
+
+    def compute_loss(self, *args, **kwargs):
+        raise ValueError("GradMixContrastive computes its own loss; compile without one.")
+
+    def get_config(self):
+        config = super().get_config()
+        for name in ("mode", "target", "label_mode"):
+            config.pop(name)
+        config.update(
+            temperature=self.temperature, base_temperature=self.base_temperature,
+            attribution_temperature=self.attribution_temperature,
+            supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight,
+            supcon_positives=self.supcon_positives,
+        )
+        return config

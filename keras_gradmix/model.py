@@ -267,6 +267,7 @@ class GradMixModel(keras.Model):
         Runs eagerly in inference mode (BatchNorm uses its running statistics)
         with its own seed, so it changes neither the model nor the training RNG.
         """
+        images = self.prepare_inputs(images)
         activations, gradients = _backend_step().attribute(self, images, labels)
         return self.masked_batch(
             images, activations, gradients, seed=keras.random.SeedGenerator(seed)

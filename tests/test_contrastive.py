@@ -1,10 +1,11 @@
-"""Contrastive losses against a straightforward NumPy loop over anchors."""
+"""The contrastive recipe: losses against a per-anchor NumPy loop, and the trainer."""
 
+import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
 
-from keras_gradmix.contrastive import l2_normalize, supcon_loss
+from keras_gradmix.contrastive import GradMixContrastive, l2_normalize, supcon_loss
 
 
 def numpy_supcon(z, labels=None, t=0.07, base=0.07, z_pos=None):
@@ -66,3 +67,84 @@ def test_bad_input_is_refused(features):
         supcon_loss(features[:, 0])
     with pytest.raises(ValueError, match="temperature"):
         supcon_loss(features, temperature=0.0)
+
+
+# ------------------------------------------------------------ the trainer
+def small_encoder(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(16),
+    ])
+
+
+@pytest.fixture(scope="module")
+def views(mnist):
+    rng = np.random.default_rng(0)
+    x, y = mnist[0][:256], mnist[1][:256]
+    noisy = [np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1) for _ in range(2)]
+    return np.stack(noisy, axis=1).astype("float32"), y
+
+
+@pytest.mark.parametrize("supcon_positives", [False, True])
+def test_one_step_loss_is_the_recipe(views, supcon_positives):
+    x, y = views[0][:8], views[1][:8]
+    options = dict(mask_area=(0.25, 0.25), fill=0.5, temperature=0.1, base_temperature=0.07,
+                   supcon_weight=0.7, ssl_weight=1.3, supcon_positives=supcon_positives)
+    gm = GradMixContrastive(small_encoder(), "conv2", seed=0, **options)
+    gm.compile(optimizer=keras.optimizers.SGD(0.0))
+    loss = gm.train_on_batch(x, y, return_dict=True)["loss"]
+
+    # By hand: features of both views, masks from preview (no BatchNorm, a fixed
+    # area and a constant fill, so they are the step's masks).
+    flat = np.concatenate([x[:, 0], x[:, 1]])
+    unit = lambda z: z / np.linalg.norm(z, axis=1, keepdims=True)  # noqa: E731
+    two = lambda z: np.stack([z[:8], z[8:]], axis=1)  # noqa: E731
+    z = two(unit(to_numpy(gm.model(flat))))
+    preview = gm.preview(x, y)
+    mask = to_numpy(preview.mask)
+    assert mask[:8].any() and not mask[8:].any()  # view 1 masked, view 2 clean
+    z_mixed = two(unit(to_numpy(gm.model(to_numpy(preview.images)))))
+    kept = np.mean(1 - mask[:8].mean(axis=(1, 2)))
+    expected = 0.7 * numpy_supcon(z, y, t=0.1) + 1.3 * (
+        numpy_supcon(z, t=0.1) + kept * numpy_supcon(z, t=0.1, z_pos=z_mixed))
+    if supcon_positives:
+        expected += 0.7 * kept * numpy_supcon(z, y, t=0.1, z_pos=z_mixed)
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_attribution_target_is_the_unsupervised_loss_of_the_clean_views(views):
+    x, y = views[0][:8], views[1][:8]
+    gm = GradMixContrastive(small_encoder(), "conv2", attribution_temperature=0.2)
+    gm.compile(optimizer="sgd")
+    y_pred = gm(x)
+    assert tuple(y_pred.shape) == (16, 16)
+    z = to_numpy(y_pred)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    score = float(to_numpy(gm.attribution_score(y, y_pred, None)))
+    assert score == pytest.approx(numpy_supcon(np.stack([z[:8], z[8:]], 1), t=0.2), rel=1e-5)
+
+
+def test_contrastive_training_loss_falls_on_real_digits(views):
+    gm = GradMixContrastive(small_encoder(), "conv2", seed=0)
+    gm.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = gm.fit(*views, batch_size=64, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.3
+
+
+def test_contrastive_errors_and_config(views):
+    with pytest.raises(ValueError, match="fill='mix'"):
+        GradMixContrastive(small_encoder(), "conv2", fill="mix")
+    with pytest.raises(ValueError, match="attribution_temperature must be > 0"):
+        GradMixContrastive(small_encoder(), "conv2", attribution_temperature=0)
+    gm = GradMixContrastive(small_encoder(), "conv2", supcon_positives=True, temperature=0.2)
+    gm.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"two views per image, shape \(batch, 2"):
+        gm.train_on_batch(views[0][:4, 0], views[1][:4])
+    again = GradMixContrastive.from_config(gm.get_config())
+    assert again.get_config() == gm.get_config() and again.temperature == 0.2

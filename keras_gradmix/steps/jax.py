@@ -88,7 +88,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = jax.numpy.asarray(gm.prepare_inputs(x))
+    x = jax.numpy.asarray(x)
     state = gm.trainable_variables + gm.non_trainable_variables
     with StatelessScope(state_mapping=[(v, v.value) for v in state]):
         _, _, activations, gradients = _forward_and_attribute(

@@ -35,7 +35,7 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = tf.convert_to_tensor(gm.prepare_inputs(x))
+    x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
         _, _, activations, gradients = _forward_and_attribute(
             gm, tape, x, y, None, training=False, need_loss=False

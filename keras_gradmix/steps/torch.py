@@ -41,7 +41,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
-    x = keras.ops.convert_to_tensor(gm.prepare_inputs(x))
+    x = keras.ops.convert_to_tensor(x)
     _, _, activations, gradients = _forward_and_attribute(
         gm, x, y, None, training=False, need_loss=False
     )
