@@ -100,6 +100,72 @@ def supcon_loss(
     return -(temperature / base_temperature) * ops.mean(mean_log_prob)
 
 
+def two_view_features(y_pred):
+    """``(2B, D)`` outputs of ``[view 1; view 2]`` -> ``(B, 2, D)`` unit features."""
+    z = l2_normalize(ops.cast(y_pred, "float32"))
+    batch = z.shape[0] // 2
+    return ops.stack([z[:batch], z[batch:]], axis=1)
+
+
+def flatten_two_views(x):
+    """``(B, 2, H, W, C)`` views -> ``(2B, H, W, C)``, view 1 first."""
+    x = ops.convert_to_tensor(x)
+    if len(x.shape) != 5 or x.shape[1] != 2:
+        raise ValueError(
+            f"Contrastive training takes two views per image, shape (batch, 2, "
+            f"height, width, channels); got shape {tuple(x.shape)}. Build them "
+            f"with keras_gradmix.data.two_views."
+        )
+    return ops.concatenate([x[:, 0], x[:, 1]], axis=0)
+
+
+def recipe_loss(y_pred, labels, *, temperature, base_temperature, supcon_weight, ssl_weight):
+    """``supcon_weight * SupCon(Z, y) + ssl_weight * SimCLR(Z)`` of ``(2B, D)`` outputs."""
+    z = two_view_features(y_pred)
+    options = dict(temperature=temperature, base_temperature=base_temperature)
+    return supcon_weight * supcon_loss(z, labels, **options) + ssl_weight * supcon_loss(z, **options)
+
+
+@keras.saving.register_keras_serializable(package="keras_gradmix")
+class SupConModel(keras.Model):
+    """Supervised contrastive training without GradMix (the recipe's baseline):
+    ``loss = supcon_weight * SupCon(Z, y) + ssl_weight * SimCLR(Z)`` on two
+    views ``(B, 2, H, W, C)``; Keras' own step on every backend. Compile with
+    an optimizer only."""
+
+    def __init__(self, model: keras.Model, *, temperature: float = 0.05,
+                 base_temperature: float = 0.07, supcon_weight: float = 1.0,
+                 ssl_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("temperature", temperature), ("base_temperature", base_temperature)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}.")
+        self.model = model
+        self.temperature, self.base_temperature = float(temperature), float(base_temperature)
+        self.supcon_weight, self.ssl_weight = float(supcon_weight), float(ssl_weight)
+
+    def call(self, inputs, training=None):
+        if len(inputs.shape) == 5:
+            inputs = flatten_two_views(inputs)
+        return self.model(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return recipe_loss(y_pred, y, temperature=self.temperature,
+                           base_temperature=self.base_temperature,
+                           supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight)
+
+    def get_config(self):
+        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.model),
+                "temperature": self.temperature, "base_temperature": self.base_temperature,
+                "supcon_weight": self.supcon_weight, "ssl_weight": self.ssl_weight}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects=custom_objects)
+        return cls(model, **config)
+
+
 @keras.saving.register_keras_serializable(package="keras_gradmix")
 class GradMixContrastive(GradMixModel):
     """The paper's recipe: supervised contrastive training with GradMix positives.
@@ -179,24 +245,11 @@ class GradMixContrastive(GradMixModel):
 
     # ------------------------------------------------------------- step hooks
     def prepare_inputs(self, x):
-        x = ops.convert_to_tensor(x)
-        if len(x.shape) != 5 or x.shape[1] != 2:
-            raise ValueError(
-                f"GradMixContrastive trains on two views per image, shape (batch, 2, "
-                f"height, width, channels); got shape {tuple(x.shape)}. Build them "
-                f"with keras_gradmix.data.two_views."
-            )
-        return ops.concatenate([x[:, 0], x[:, 1]], axis=0)
+        return flatten_two_views(x)
 
     def check_compiled(self):
         if getattr(self, "optimizer", None) is None:
             raise ValueError("GradMixContrastive needs compile(optimizer=...) (no loss).")
-
-    def _features(self, y_pred):
-        """(2B, D) outputs -> (B, 2, D) unit features."""
-        z = l2_normalize(ops.cast(y_pred, "float32"))
-        batch = z.shape[0] // 2
-        return ops.stack([z[:batch], z[batch:]], axis=1)
 
     def _loss(self, features, labels=None, positive_features=None, temperature=None):
         return supcon_loss(
@@ -205,13 +258,14 @@ class GradMixContrastive(GradMixModel):
         )
 
     def clean_loss(self, x, y, y_pred, sample_weight, training=True):
-        z = self._features(y_pred)
-        return self.supcon_weight * self._loss(z, y) + self.ssl_weight * self._loss(z)
+        return recipe_loss(y_pred, y, temperature=self.temperature,
+                           base_temperature=self.base_temperature,
+                           supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight)
 
     def attribution_score(self, y, y_pred, clean_loss):
         # The reference attributes the unsupervised NT-Xent of the clean views.
         return self.attribution_target(
-            None, y_pred, self._loss(self._features(y_pred), temperature=self.attribution_temperature)
+            None, y_pred, self._loss(two_view_features(y_pred), temperature=self.attribution_temperature)
         )
 
     def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
@@ -227,7 +281,7 @@ class GradMixContrastive(GradMixModel):
         )
 
     def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
-        z, z_mixed = self._features(y_pred), self._features(y_masked)
+        z, z_mixed = two_view_features(y_pred), two_view_features(y_masked)
         half = masked.own.shape[0] // 2
         kept = ops.stop_gradient(ops.mean(masked.own[:half]))  # w: view 1's kept area
         loss = clean_loss + self.ssl_weight * kept * self._loss(z, positive_features=z_mixed)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import to_numpy
 
-from keras_gradmix.contrastive import GradMixContrastive, l2_normalize, supcon_loss
+from keras_gradmix.contrastive import GradMixContrastive, SupConModel, l2_normalize, supcon_loss
 
 
 def numpy_supcon(z, labels=None, t=0.07, base=0.07, z_pos=None):
@@ -148,3 +148,20 @@ def test_contrastive_errors_and_config(views):
         gm.train_on_batch(views[0][:4, 0], views[1][:4])
     again = GradMixContrastive.from_config(gm.get_config())
     assert again.get_config() == gm.get_config() and again.temperature == 0.2
+
+
+def test_supcon_baseline_step_loss_and_training(views):
+    x, y = views
+    model = SupConModel(small_encoder(), temperature=0.1, supcon_weight=0.7, ssl_weight=1.3)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    loss = model.train_on_batch(x[:8], y[:8], return_dict=True)["loss"]
+    flat = np.concatenate([x[:8, 0], x[:8, 1]])
+    z = to_numpy(model.model(flat))
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    z = np.stack([z[:8], z[8:]], axis=1)
+    expected = 0.7 * numpy_supcon(z, y[:8], t=0.1) + 1.3 * numpy_supcon(z, t=0.1)
+    assert loss == pytest.approx(expected, rel=1e-4)
+    model = SupConModel(small_encoder())
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    losses = model.fit(x, y, batch_size=64, epochs=3, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] - 0.3
