@@ -80,8 +80,9 @@ def supcon_loss(
             f"and {base_temperature!r}."
         )
     anchors = ops.cast(_flatten_views(features), "float32")
-    batch, views = features.shape[0], features.shape[1]
-    n = batch * views
+    views = features.shape[1]
+    n = ops.shape(anchors)[0]  # a tensor when tf.data leaves the batch size unknown
+    batch = n // views
     if labels is None:
         same = ops.eye(batch)
     else:
@@ -103,7 +104,7 @@ def supcon_loss(
 def two_view_features(y_pred):
     """``(2B, D)`` outputs of ``[view 1; view 2]`` -> ``(B, 2, D)`` unit features."""
     z = l2_normalize(ops.cast(y_pred, "float32"))
-    batch = z.shape[0] // 2
+    batch = ops.shape(z)[0] // 2
     return ops.stack([z[:batch], z[batch:]], axis=1)
 
 
@@ -271,7 +272,8 @@ class GradMixContrastive(GradMixModel):
     def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
         """Masks view 1 (the first half of the batch) only; view 2 stays clean."""
         masked = super().masked_batch(images, activations, gradients, seed=seed)
-        view1 = ops.arange(images.shape[0]) < images.shape[0] // 2
+        size = ops.shape(images)[0]
+        view1 = ops.arange(size) < size // 2
         applied = masked.applied & view1
         return masked._replace(
             images=ops.where(view1[:, None, None, None], masked.images, images),
@@ -282,7 +284,7 @@ class GradMixContrastive(GradMixModel):
 
     def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
         z, z_mixed = two_view_features(y_pred), two_view_features(y_masked)
-        half = masked.own.shape[0] // 2
+        half = ops.shape(masked.own)[0] // 2
         kept = ops.stop_gradient(ops.mean(masked.own[:half]))  # w: view 1's kept area
         loss = clean_loss + self.ssl_weight * kept * self._loss(z, positive_features=z_mixed)
         if self.supcon_positives:

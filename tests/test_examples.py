@@ -78,3 +78,30 @@ def test_cifar10_resnet18_smoke(tmp_path):
     for name in ("osr.csv", "best.keras", "last.keras", "masks/masks_epoch_001.png",
                  "osr_plots/osr_epoch_001.png"):
         assert (tmp_path / name).exists(), name
+
+
+def test_supcon_osr_smoke(tmp_path):
+    import supcon_osr
+
+    history = supcon_osr.main(["--smoke", "--out", str(tmp_path)])
+    assert np.isfinite(history.history["loss"]).all()
+    assert 0.0 <= history.history["val_osr_auroc_knn"][0] <= 1.0
+    for name in ("osr.csv", "best.keras", "encoder.keras"):
+        assert (tmp_path / name).exists(), name
+    again = keras.saving.load_model(tmp_path / "best.keras")
+    assert type(again).__name__ == "GradMixContrastive"
+
+
+def test_osr_benchmark_contrastive_rows_use_knn(tmp_path):
+    import osr_benchmark
+
+    runs = osr_benchmark.main(["--dataset", "mnist5k", "--splits", "0", "--seeds", "0",
+                               "--epochs", "1", "--methods", "supcon,supcon+gradmix",
+                               "--verbose", "0", "--out", str(tmp_path / "runs"),
+                               "--summary", str(tmp_path / "summary.md")])
+    for run in runs:
+        assert set(run["results"]) == {"knn"}
+        assert 0.5 < run["results"]["knn"]["accuracy"] <= 1.0  # 3-NN vote on GAP features
+    rows = [line for line in (tmp_path / "summary.md").read_text().splitlines()
+            if line.startswith("| supcon")]
+    assert len(rows) == 2 and all(row.count("–") == 7 for row in rows)  # no logit scores
