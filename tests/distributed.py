@@ -68,6 +68,13 @@ def weights(gm):
     return {f"w{i}": np.asarray(w) for i, w in enumerate(gm.model.weights)}
 
 
+def record(result, mode, **runs):
+    """Adds ``{run: {weight: value}}`` as ``result["<mode>/<run>/<weight>"]``."""
+    for run, values in runs.items():
+        for name, value in values.items():
+            result[f"{mode}/{run}/{name}"] = value
+
+
 def plain_step(*data):
     """The same start, one step without GradMix."""
     import keras
@@ -95,14 +102,8 @@ def mirrored(out):
         single = gradmix_model(mode=mode)
         single.fit(dataset(1), verbose=0)
         plain = plain_step(*digits(GLOBAL_BATCH))
-        for name, value in initial.items():
-            result[f"{mode}/initial/{name}"] = value
-        for name, value in weights(gm).items():
-            result[f"{mode}/distributed/{name}"] = value
-        for name, value in weights(single).items():
-            result[f"{mode}/single/{name}"] = value
-        for name, value in plain.items():
-            result[f"{mode}/plain/{name}"] = value
+        record(result, mode, initial=initial, distributed=weights(gm),
+               single=weights(single), plain=plain)
     np.savez(out, **result)
 
 
@@ -156,14 +157,8 @@ def data_parallel(out):
             assert len(sharding.device_set) == 2  # replicated over both devices
         finally:
             keras.distribution.set_distribution(None)
-        for name, value in initial.items():
-            result[f"{mode}/initial/{name}"] = value
-        for name, value in weights(parallel).items():
-            result[f"{mode}/distributed/{name}"] = value
-        for name, value in weights(single).items():
-            result[f"{mode}/single/{name}"] = value
-        for name, value in plain.items():
-            result[f"{mode}/plain/{name}"] = value
+        record(result, mode, initial=initial, distributed=weights(parallel),
+               single=weights(single), plain=plain)
     np.savez(out, **result)
 
 
