@@ -92,16 +92,16 @@ def one_hot_batches(ds, classes, method, seed):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose) -> dict:
-    data = load_osr_split(dataset, split, batch_size=batch_size, data_dir=data_dir,
-                          shuffle_seed=seed)
-    classes = len(osr_classes(dataset, split)[0])
-    input_shape = tuple(data.known_train.element_spec[0].shape[1:])
+def train(method, train_data, classes, seed, epochs, verbose) -> tuple[keras.Model, float]:
+    """The lean CNN trained with ``method`` on ``(images, integer labels)``
+    batches; returns the model (the encoder for contrastive methods) and the
+    training time in seconds."""
+    input_shape = tuple(train_data.element_spec[0].shape[1:])
     contrastive = method in CONTRASTIVE
     model = lean_cnn(input_shape, classes, seed, projection=contrastive)
-    steps = int(data.known_train.cardinality()) if data.known_train.cardinality() > 0 else None
+    steps = int(train_data.cardinality()) if train_data.cardinality() > 0 else None
     if steps is None:
-        steps = sum(1 for _ in data.known_train)
+        steps = sum(1 for _ in train_data)
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=epochs * steps)
     trainer = model
     if method.startswith("gradmix"):
@@ -113,12 +113,19 @@ def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose)
         trainer = GradMixContrastive(model, seed=seed, **GRADMIX)
     loss = None if contrastive else keras.losses.CategoricalCrossentropy(from_logits=True)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    train = (view_pairs(data.known_train, seed) if contrastive
-             else one_hot_batches(data.known_train, classes, method, seed))
+    batches = (view_pairs(train_data, seed) if contrastive
+               else one_hot_batches(train_data, classes, method, seed))
     start = time.perf_counter()
-    trainer.fit(train, epochs=epochs, verbose=verbose)
-    seconds = time.perf_counter() - start
-    if contrastive:  # no classifier: kNN predictions and scores on the GAP features
+    trainer.fit(batches, epochs=epochs, verbose=verbose)
+    return model, time.perf_counter() - start
+
+
+def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose) -> dict:
+    data = load_osr_split(dataset, split, batch_size=batch_size, data_dir=data_dir,
+                          shuffle_seed=seed)
+    classes = len(osr_classes(dataset, split)[0])
+    model, seconds = train(method, data.known_train, classes, seed, epochs, verbose)
+    if method in CONTRASTIVE:  # no classifier: kNN predictions and scores on the GAP features
         results = evaluate_model_open_set(
             model, data.known_test, data.unknown_test, CONTRASTIVE_SCORES,
             feature_layer="features", train_data=data.known_train, predictions="knn")

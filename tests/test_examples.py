@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from conftest import tf_only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +106,34 @@ def test_osr_benchmark_contrastive_rows_use_knn(tmp_path):
     rows = [line for line in (tmp_path / "summary.md").read_text().splitlines()
             if line.startswith("| supcon")]
     assert len(rows) == 2 and all(row.count("–") == 7 for row in rows)  # no logit scores
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_robustness_benchmark_smoke_writes_both_summaries_and_resumes(tmp_path, capsys):
+    import robustness_benchmark
+
+    args = ["--smoke", "--seeds", "0", "--verbose", "0", "--out", str(tmp_path / "runs"),
+            "--ood-summary", str(tmp_path / "ood.md"),
+            "--corruption-summary", str(tmp_path / "corruptions.md")]
+    runs = robustness_benchmark.main(args)
+    assert [r["method"] for r in runs] == ["plain", "cutmix", "mixup", "gradmix"]
+    for run in runs:
+        assert len(run["ood"]) == 3 * 6 and len(run["corruptions"]) == 10 * 5
+        assert 0.0 <= run["corruption_mean"] <= 1.0
+    ood = (tmp_path / "ood.md").read_text()
+    auroc_rows = [line for line in ood.split("### FPR95")[0].splitlines() if line.startswith("| ")]
+    assert auroc_rows[0] == "| method | score | mnist | uniform_noise | permuted_pixels |"
+    assert len(auroc_rows) == 1 + 4 * 6  # header and 4 methods x 6 scores
+    gradmix_mls = [r for r in runs[3]["ood"] if (r["ood"], r["score"]) == ("mnist", "mls")][0]
+    assert f"| gradmix | mls | {100 * gradmix_mls['auroc']:.2f} ± 0.00 |" in ood
+    with open(tmp_path / "ood.csv") as f:
+        assert sum(1 for _ in f) == 1 + 4 * 3 * 6
+    corruptions = (tmp_path / "corruptions.md").read_text()
+    mean = 100 * runs[0]["corruption_mean"]
+    assert f"| plain | 1 | {100 * runs[0]['accuracy']:.2f} ± 0.00 | {mean:.2f} ± 0.00 |" in corruptions
+    assert "Command: `python examples/robustness_benchmark.py --smoke" in corruptions
+    capsys.readouterr()
+    again = robustness_benchmark.main(args)  # resumes: nothing is trained again
+    assert capsys.readouterr().out.count("skip ") == 4
+    assert [r["ood"] for r in again] == [r["ood"] for r in runs]

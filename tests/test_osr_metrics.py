@@ -163,6 +163,14 @@ def test_knn_against_brute_force():
     np.testing.assert_allclose(knn(maps, train, labels), knn(test, train, labels))  # 4-D: pooled
 
 
+def test_knn_of_all_zero_features_is_one_over_the_class_count():
+    rng = np.random.default_rng(0)
+    train, labels = rng.random((12, 4)), np.arange(12) % 3
+    test = np.vstack([np.zeros(4), rng.random(4)])  # a dead ReLU layer gives zeros
+    scores = knn(test, train, labels)
+    assert scores[0] == pytest.approx(1 / 3) and 1 / 3 < scores[1] <= 1
+
+
 def test_knn_needs_a_positive_k():
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         knn(np.ones((1, 2)), np.ones((2, 2)), [0, 1], k=0)

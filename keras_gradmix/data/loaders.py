@@ -104,6 +104,20 @@ def load_osr_split(
     )
 
 
+def load_arrays(name: str, data_dir: str | None = None) -> dict:
+    """All classes of ``"fashion_mnist"`` or ``"mnist5k"`` as NumPy arrays:
+    ``x_train, y_train, x_test, y_test``, images uint8 ``(N, 28, 28)``.
+
+    Sources and ``data_dir`` as in :func:`load_osr_split` (offline).
+    """
+    if name == "fashion_mnist":
+        return _fashion_mnist(data_dir)
+    if name == "mnist5k":
+        return _mnist5k()
+    raise ValueError(f"load_arrays knows 'fashion_mnist' and 'mnist5k', got {name!r}; "
+                     f"use load_osr_split for the others.")
+
+
 def _image(x, image_size):
     import tensorflow as tf
 

@@ -1,4 +1,5 @@
-"""Open set recognition: metrics, score functions, model evaluation and a callback.
+"""Open set recognition and OOD detection: metrics, score functions, model
+evaluation and a callback.
 
 Convention: a higher score means "more likely known"; known samples are the
 positive class for AUROC, AUPR-In and FPR@95%TPR.
@@ -12,6 +13,7 @@ from keras_gradmix.osr.evaluation import (
 )
 from keras_gradmix.osr.features import collect
 from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
+from keras_gradmix.osr.ood import OOD_METRICS, evaluate_ood
 from keras_gradmix.osr.plots import plot_open_set
 from keras_gradmix.osr.probe import knn_predict, linear_probe
 from keras_gradmix.osr.scores import (
@@ -29,11 +31,13 @@ from keras_gradmix.osr.scores import (
 __all__ = [
     "FEATURE_SCORES",
     "LOGIT_SCORES",
+    "OOD_METRICS",
     "OpenSetEvaluation",
     "collect",
     "energy",
     "entropy",
     "evaluate_model_open_set",
+    "evaluate_ood",
     "evaluate_open_set",
     "fpr_at_tpr",
     "knn",

@@ -34,6 +34,21 @@ def check_scores(scores, feature_layer, train_data, predictions="logits") -> tup
     return scores
 
 
+def needs_features(scores, predictions="logits") -> bool:
+    return predictions == "knn" or any(s in score_lib.FEATURE_SCORES for s in scores)
+
+
+def score(name: str, part: dict, train: dict | None, k: int = 3, temperature: float = 1.0):
+    """Score ``name`` of :func:`collect` output ``part``; feature scores
+    compare with the ``train`` features."""
+    if name in score_lib.LOGIT_SCORES:
+        if name == "energy":
+            return score_lib.energy(part["logits"], temperature)
+        return score_lib.LOGIT_SCORES[name](part["logits"])
+    extra = {"k": k} if name == "knn" else {}
+    return score_lib.FEATURE_SCORES[name](part["features"], train["features"], train["labels"], **extra)
+
+
 def open_set_scores(
     model, known_data, unknown_data, scores=("msp", "mls"), *, feature_layer=None,
     train_data=None, k: int = 3, temperature: float = 1.0, batch_size: int = 256,
@@ -49,23 +64,13 @@ def open_set_scores(
     "unknown": {score: array}}``.
     """
     scores = check_scores(scores, feature_layer, train_data, predictions)
-    needs_features = predictions == "knn" or any(s in score_lib.FEATURE_SCORES for s in scores)
-    layer = feature_layer if needs_features else None
+    features = needs_features(scores, predictions)
+    layer = feature_layer if features else None
     known = collect(model, known_data, layer, batch_size)
     unknown = collect(model, unknown_data, layer, batch_size)
     if known["labels"] is None:
         raise ValueError("known_data needs labels: pass (x, y) or a dataset of (x, y).")
-    train = collect(model, train_data, layer, batch_size) if needs_features else None
-
-    def score(name, part):
-        if name in score_lib.LOGIT_SCORES:
-            if name == "energy":
-                return score_lib.energy(part["logits"], temperature)
-            return score_lib.LOGIT_SCORES[name](part["logits"])
-        extra = {"k": k} if name == "knn" else {}
-        return score_lib.FEATURE_SCORES[name](
-            part["features"], train["features"], train["labels"], **extra
-        )
+    train = collect(model, train_data, layer, batch_size) if features else None
 
     if predictions == "knn":
         known_pred = knn_predict(known["features"], train["features"], train["labels"], k)
@@ -74,8 +79,8 @@ def open_set_scores(
     return {
         "known_true": known["labels"],
         "known_pred": known_pred,
-        "known": {name: score(name, known) for name in scores},
-        "unknown": {name: score(name, unknown) for name in scores},
+        "known": {name: score(name, known, train, k, temperature) for name in scores},
+        "unknown": {name: score(name, unknown, train, k, temperature) for name in scores},
     }
 
 

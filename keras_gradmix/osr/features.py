@@ -32,6 +32,12 @@ def iter_batches(data, batch_size: int = 256) -> Iterator[tuple]:
             yield x[start : start + batch_size], None
 
 
+def class_labels(y) -> np.ndarray:
+    """Integer class labels from integer or one-hot (also mixed, soft) labels."""
+    y = np.asarray(y).reshape(len(y), -1)
+    return y.argmax(axis=1) if y.shape[1] > 1 else y[:, 0]
+
+
 def _inner(model):
     from keras_gradmix.model import GradMixModel
 
@@ -58,14 +64,11 @@ def collect(model, data, feature_layer: str | None = None, batch_size: int = 256
             features.append(keras.ops.convert_to_numpy(tap.outputs[feature_layer][-1]))
         logits.append(keras.ops.convert_to_numpy(out))
         if y is not None:
-            labels.append(np.asarray(y).reshape(len(x), -1))
+            labels.append(class_labels(y))
     if not logits:
         raise ValueError("The evaluation data is empty.")
-    labels = np.concatenate(labels) if labels else None
-    if labels is not None:
-        labels = labels.argmax(axis=1) if labels.shape[1] > 1 else labels[:, 0]
     return {
         "logits": np.concatenate(logits).astype(np.float64),
-        "labels": labels,
+        "labels": np.concatenate(labels) if labels else None,
         "features": np.concatenate(features) if features else None,
     }

@@ -88,10 +88,13 @@ def knn(features, train_features, train_labels, k: int = 3) -> np.ndarray:
     ``s_c`` is the sum of the top-``k`` cosine similarities to class ``c``'s
     training features (:func:`knn_class_scores`). The score is relative: a
     sample equally close to every class gets ``1 / C`` however far it is; it
-    assumes non-negative similarities (e.g. features after a ReLU).
+    assumes non-negative similarities (e.g. features after a ReLU). A sample
+    with no similarity to any class (e.g. all-zero features) also gets ``1 / C``.
     """
     s = knn_class_scores(features, train_features, train_labels, k)
-    return s.max(axis=1) / s.sum(axis=1)
+    total = s.sum(axis=1)
+    return np.divide(s.max(axis=1), total, out=np.full(total.shape, 1.0 / s.shape[1]),
+                     where=total > 0)
 
 
 def mahalanobis(features, train_features, train_labels) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""evaluate_ood, the synthetic OOD sets and the table writers, against
+independent NumPy computations."""
+
+import csv
+import io
+
+import keras
+import numpy as np
+import pytest
+
+from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise
+from keras_gradmix.osr import evaluate_ood, evaluate_open_set, knn, mahalanobis
+from keras_gradmix.tables import mean_std, to_csv, to_markdown
+
+
+def mlp(seed=0):
+    """4 inputs -> Dense(6, relu) 'hidden' -> Dense(3) logits, random weights."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, "relu", name="hidden"),
+                             keras.layers.Dense(3, name="logits")])
+
+
+def numpy_forward(model, x):
+    (w1, b1), (w2, b2) = [[np.asarray(v, np.float64) for v in layer.get_weights()]
+                          for layer in model.layers]
+    hidden = np.maximum(x @ w1 + b1, 0)
+    return hidden, hidden @ w2 + b2
+
+
+@pytest.fixture
+def sets():
+    rng = np.random.default_rng(0)
+    return {
+        "train": (rng.normal(size=(60, 4)).astype("float32"), rng.integers(0, 3, 60)),
+        "in": rng.normal(size=(40, 4)).astype("float32"),
+        "ood": {"far": rng.normal(3.0, 1.0, (30, 4)).astype("float32"),
+                "near": rng.normal(0.5, 1.0, (25, 4)).astype("float32")},
+    }
+
+
+def test_every_row_equals_the_metrics_of_numpy_scores(sets):
+    model = mlp()
+    rows = evaluate_ood(model, sets["in"], sets["ood"], feature_layer="hidden",
+                        train_data=sets["train"], temperature=2.0)
+    names = ["msp", "mls", "energy", "entropy", "knn", "mahalanobis"]
+    assert [(r["ood"], r["score"]) for r in rows] == [(o, s) for o in ("far", "near") for s in names]
+    train_hidden, _ = numpy_forward(model, sets["train"][0].astype(np.float64))
+    for row in rows:
+        def score(x):
+            hidden, z = numpy_forward(model, x.astype(np.float64))
+            p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            return {
+                "msp": p.max(1),
+                "mls": z.max(1),
+                "energy": 2.0 * np.log(np.exp(z / 2.0).sum(1)),
+                "entropy": np.sum(p * np.log(p), axis=1),
+                "knn": knn(hidden, train_hidden, sets["train"][1], k=3),
+                "mahalanobis": mahalanobis(hidden, train_hidden, sets["train"][1]),
+            }[row["score"]]
+
+        expected = evaluate_open_set(score(sets["in"]), score(sets["ood"][row["ood"]]))
+        assert set(row) == {"ood", "score", "auroc", "aupr_in", "aupr_out", "fpr95"}
+        for metric, value in expected.items():
+            assert row[metric] == pytest.approx(value, abs=1e-6), (row["ood"], row["score"], metric)
+
+
+def test_default_scores_and_inputs_in_any_form(sets):
+    import tensorflow as tf
+
+    model = mlp()
+    logits_only = evaluate_ood(model, sets["in"], {"far": sets["ood"]["far"]})
+    assert [r["score"] for r in logits_only] == ["msp", "mls", "energy", "entropy"]
+    labels = np.zeros(len(sets["in"]), "int64")
+    as_dataset = evaluate_ood(
+        model, tf.data.Dataset.from_tensor_slices((sets["in"], labels)).batch(7),
+        {"far": tf.data.Dataset.from_tensor_slices(sets["ood"]["far"]).batch(8)})
+    assert [(r["ood"], r["score"]) for r in as_dataset] == [
+        (r["ood"], r["score"]) for r in logits_only]
+    assert [r["auroc"] for r in as_dataset] == pytest.approx([r["auroc"] for r in logits_only])
+
+
+def test_far_ood_is_detected_better_than_near_ood(sets):
+    x, y = sets["train"]
+    model = mlp()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=5, verbose=0)
+    rows = {(r["ood"], r["score"]): r for r in evaluate_ood(
+        model, sets["in"], sets["ood"], ["mahalanobis"], feature_layer="hidden",
+        train_data=sets["train"])}
+    assert rows["far", "mahalanobis"]["auroc"] > rows["near", "mahalanobis"]["auroc"]
+
+
+def test_bad_input_is_named(sets):
+    model = mlp()
+    with pytest.raises(ValueError, match=r"ood_data must be a non-empty dict \{name: data\}"):
+        evaluate_ood(model, sets["in"], sets["ood"]["far"])
+    with pytest.raises(ValueError, match="ood_data must be a non-empty dict"):
+        evaluate_ood(model, sets["in"], {})
+    with pytest.raises(ValueError, match="pass feature_layer="):
+        evaluate_ood(model, sets["in"], sets["ood"], ["knn"])
+    with pytest.raises(ValueError, match="Unknown open-set scores"):
+        evaluate_ood(model, sets["in"], sets["ood"], ["odin"])
+
+
+def test_uniform_noise():
+    x = uniform_noise(50, (28, 28, 1), seed=3)
+    assert x.shape == (50, 28, 28, 1) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() < 1 and abs(x.mean() - 0.5) < 0.01
+    np.testing.assert_array_equal(x, uniform_noise(50, (28, 28, 1), seed=3))
+    assert not np.array_equal(x, uniform_noise(50, (28, 28, 1), seed=4))
+
+
+def test_permuted_pixels_keeps_each_histogram_and_shares_the_channel_permutation(mnist):
+    grey = mnist[0][:20]
+    shuffled = permuted_pixels(grey, seed=1)
+    assert shuffled.shape == grey.shape
+    for a, b in zip(grey, shuffled):
+        np.testing.assert_array_equal(np.sort(a.ravel()), np.sort(b.ravel()))
+        assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(shuffled, permuted_pixels(grey, seed=1))
+    rgb = np.concatenate([grey, 0.5 * grey, 1 - grey], axis=-1)  # channels tied pixel by pixel
+    out = permuted_pixels(rgb, seed=1)
+    np.testing.assert_array_equal(out[..., :1], shuffled)
+    np.testing.assert_allclose(out[..., 1:2], 0.5 * out[..., :1])
+    np.testing.assert_allclose(out[..., 2:], 1 - out[..., :1])
+    np.testing.assert_array_equal(permuted_pixels(grey[..., 0], seed=1), shuffled[..., 0])
+    with pytest.raises(ValueError, match=r"\(N, H, W\[, C\]\) images"):
+        permuted_pixels(grey[0, :, :, 0])
+
+
+def test_load_arrays():
+    digits = load_arrays("mnist5k")
+    assert digits["x_train"].shape == (4000, 28, 28) and digits["x_test"].shape == (1000, 28, 28)
+    assert digits["x_train"].dtype == np.uint8
+    with pytest.raises(ValueError, match="load_arrays knows 'fashion_mnist' and 'mnist5k'"):
+        load_arrays("cifar10")
+
+
+ROWS = [{"method": "plain", "seed": 0, "auroc": 0.5},
+        {"method": "gradmix", "seed": 0, "auroc": 0.75},
+        {"method": "plain", "seed": 1, "auroc": 0.7, "extra": "x"}]
+
+
+def test_mean_std_groups_in_first_seen_order():
+    out = mean_std(ROWS, by=["method"], values=["auroc"])
+    assert out == [{"method": "plain", "runs": 2, "auroc": pytest.approx(0.6),
+                    "auroc_std": pytest.approx(0.1)},
+                   {"method": "gradmix", "runs": 1, "auroc": 0.75, "auroc_std": 0.0}]
+
+
+def test_markdown_and_csv():
+    assert to_markdown(ROWS, formats={"auroc": "{:.1%}"}) == "\n".join([
+        "| method | seed | auroc | extra |",
+        "|---|---|---|---|",
+        "| plain | 0 | 50.0% | – |",
+        "| gradmix | 0 | 75.0% | – |",
+        "| plain | 1 | 70.0% | x |",
+    ])
+    assert to_markdown(ROWS[:1], columns=["auroc", "method"]) == (
+        "| auroc | method |\n|---|---|\n| 0.5 | plain |")
+    text = to_csv(ROWS)
+    assert list(csv.DictReader(io.StringIO(text))) == [
+        {"method": "plain", "seed": "0", "auroc": "0.5", "extra": ""},
+        {"method": "gradmix", "seed": "0", "auroc": "0.75", "extra": ""},
+        {"method": "plain", "seed": "1", "auroc": "0.7", "extra": "x"}]
+    assert to_csv([{"a": 1 / 3}]) == f"a\n{1 / 3!r}\n"  # full precision
+
+
+def test_tables_docstring_example():
+    import doctest
+
+    import keras_gradmix.tables
+
+    assert doctest.testmod(keras_gradmix.tables).failed == 0
