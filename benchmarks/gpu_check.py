@@ -21,10 +21,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "jax"
@@ -36,6 +34,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from cifar10_resnet18 import resnet18  # noqa: E402
+from timing import interleaved, summary  # noqa: E402
 
 from keras.src.backend import StatelessScope  # noqa: E402
 
@@ -233,30 +232,11 @@ def timings(size, width, rounds, warmup):
     steps, memory = {}, {}
     for variant in VARIANTS:
         steps[variant], memory[variant] = make_variant(variant, x, y, width)
-    times = {v: [] for v in VARIANTS}
-    for r in range(warmup + rounds):
-        for variant, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if r >= warmup:
-                times[variant].append(time.perf_counter() - start)
-    med = {v: statistics.median(t) for v, t in times.items()}
-    return {
-        "median_ms": {v: 1e3 * m for v, m in med.items()},
-        "min_ms": {v: 1e3 * min(t) for v, t in times.items()},
-        "max_ms": {v: 1e3 * max(t) for v, t in times.items()},
-        "memory_bytes": memory,
-        "ratios": {
-            "replace_extra_over_forward": (med["gradmix-replace"] - med["plain"]) / med["forward"],
-            "replace_extra_over_forward_train": (med["gradmix-replace"] - med["plain"]) / med["forward-train"],
-            "paired_over_cutmix_paired": med["gradmix-paired"] / med["cutmix-paired"],
-            "reference_over_paired": med["reference-style"] / med["gradmix-paired"],
-            "paired_over_plain": med["gradmix-paired"] / med["plain"],
-            "replace_over_plain": med["gradmix-replace"] / med["plain"],
-            **({"replace_memory_over_plain": memory["gradmix-replace"] / memory["plain"]}
-               if memory["plain"] else {}),
-        },
-    }
+    result = summary(interleaved(steps, rounds, warmup))
+    result["memory_bytes"] = memory
+    if memory["plain"]:
+        result["ratios"]["replace_memory_over_plain"] = memory["gradmix-replace"] / memory["plain"]
+    return result
 
 
 def markdown(result):

@@ -31,10 +31,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -47,6 +45,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from cifar10_resnet18 import resnet18  # noqa: E402
 from quickstart import small_cnn  # noqa: E402
+from timing import interleaved, summary  # noqa: E402
 
 from keras_gradmix import GradMixModel, masks, mixing  # noqa: E402
 from keras_gradmix.attribution import target_scores  # noqa: E402
@@ -173,15 +172,7 @@ def make_step(model_name, variant, jit, batch):
 
 
 def timings(model_name, jit, batch, rounds, warmup):
-    steps = {v: make_step(model_name, v, jit, batch) for v in VARIANTS}
-    times = {v: [] for v in VARIANTS}
-    for r in range(warmup + rounds):
-        for variant, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if r >= warmup:
-                times[variant].append(time.perf_counter() - start)
-    return times
+    return interleaved({v: make_step(model_name, v, jit, batch) for v in VARIANTS}, rounds, warmup)
 
 
 def _rss(field):
@@ -216,23 +207,8 @@ def memory(model_name, jit, batch, steps, variants=VARIANTS):
 
 
 def summarise(times, mem):
-    med = {v: statistics.median(t) for v, t in times.items()}
-    row = {
-        "median_ms": {v: 1e3 * m for v, m in med.items()},
-        "min_ms": {v: 1e3 * min(t) for v, t in times.items()},
-        "max_ms": {v: 1e3 * max(t) for v, t in times.items()},
-        "steps": len(next(iter(times.values()))),
-    }
-    ratios = {
-        # targets: <= 1.15, <= 1.05, >= 1.4
-        "replace_extra_over_forward": (med["gradmix-replace"] - med["plain"]) / med["forward"],
-        "replace_extra_over_forward_train": (med["gradmix-replace"] - med["plain"]) / med["forward-train"],
-        "attribute_over_forward": med["attribute"] / med["forward"],
-        "paired_over_cutmix_paired": med["gradmix-paired"] / med["cutmix-paired"],
-        "reference_over_paired": med["reference-style"] / med["gradmix-paired"],
-        "paired_over_plain": med["gradmix-paired"] / med["plain"],
-        "replace_over_plain": med["gradmix-replace"] / med["plain"],
-    }
+    row = summary(times)
+    ratios = row.pop("ratios")
     if mem and {"plain", "gradmix-replace"} <= set(mem):
         row["peak_rss_mb"] = {v: m["peak"] / 2**20 for v, m in mem.items()}
         row["step_memory_mb"] = {v: (m["peak"] - m["setup"]) / 2**20 for v, m in mem.items()}
