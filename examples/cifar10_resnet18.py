@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_gradmix import GradMixModel, MaskPreview  # noqa: E402
-from keras_gradmix.data import load_osr_split  # noqa: E402
+from keras_gradmix.data import OSRData, load_osr_split  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
 
 layers = keras.layers
@@ -67,6 +67,27 @@ def augment(x, y):
     return tf.image.random_flip_left_right(x), y
 
 
+@contextlib.contextmanager
+def cifar10_split(args):
+    """The CIFAR-10 open-set split ``args.split``, as ``(data, evaluation,
+    steps, steps_per_epoch)``: ``data`` from :func:`load_osr_split`,
+    ``evaluation`` the same three datasets for the evaluation callbacks,
+    ``steps`` for ``fit`` (None: whole epochs). With ``args.smoke``: tfds mock
+    data (offline), width 8, batch 16, one epoch of 2 steps, evaluation on 2
+    batches after every epoch (``args`` is updated)."""
+    steps, mock = None, contextlib.nullcontext()
+    if args.smoke:
+        import tensorflow_datasets as tfds
+
+        mock = tfds.testing.mock_data(num_examples=64)
+        args.epochs, args.width, args.batch_size, args.eval_every, steps = 1, 8, 16, 1, 2
+    with mock:
+        data = load_osr_split("cifar10", args.split, batch_size=args.batch_size,
+                              data_dir=args.data_dir)
+        evaluation = OSRData(*(d.take(2) for d in data)) if args.smoke else data
+        yield data, evaluation, steps, steps or sum(1 for _ in data.known_train)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=int, default=0)
@@ -84,25 +105,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    steps = None
-    mock = contextlib.nullcontext()
-    if args.smoke:
-        import tensorflow_datasets as tfds
-
-        mock = tfds.testing.mock_data(num_examples=64)
-        args.epochs, args.width, args.batch_size, args.eval_every, steps = 1, 8, 16, 1, 2
-    with mock:
-        data = load_osr_split("cifar10", args.split, batch_size=args.batch_size,
-                              data_dir=args.data_dir)
-        known_test, unknown_test = data.known_test, data.unknown_test
-        if args.smoke:
-            known_test, unknown_test = known_test.take(2), unknown_test.take(2)
+    with cifar10_split(args) as (data, evaluation, steps, steps_per_epoch):
+        known_test, unknown_test = evaluation.known_test, evaluation.unknown_test
         train = data.known_train.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         train = train.prefetch(tf.data.AUTOTUNE)
         model = resnet18(classes=6, width=args.width)
         gm = GradMixModel(model, layer=["layer3", "layer4"], attribution="layercam",
                           mode=args.mode, seed=args.split)
-        steps_per_epoch = steps or sum(1 for _ in data.known_train)
         schedule = keras.optimizers.schedules.CosineDecay(
             args.lr, decay_steps=args.epochs * steps_per_epoch)
         gm.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),

@@ -16,17 +16,16 @@ vote, every few epochs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from cifar10_resnet18 import resnet18  # noqa: E402
+from cifar10_resnet18 import cifar10_split, resnet18  # noqa: E402
 
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel  # noqa: E402
-from keras_gradmix.data import load_osr_split, two_views  # noqa: E402
+from keras_gradmix.data import two_views  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
 
 
@@ -64,35 +63,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    steps = None
-    mock = contextlib.nullcontext()
-    if args.smoke:
-        import tensorflow_datasets as tfds
-
-        mock = tfds.testing.mock_data(num_examples=64)
-        args.epochs, args.width, args.batch_size, args.eval_every, steps = 1, 8, 16, 1, 2
-    with mock:
-        data = load_osr_split("cifar10", args.split, batch_size=args.batch_size,
-                              data_dir=args.data_dir)
-        known_train, known_test, unknown_test = data.known_train, data.known_test, data.unknown_test
-        if args.smoke:
-            known_train, known_test, unknown_test = (
-                d.take(2) for d in (known_train, known_test, unknown_test))
+    with cifar10_split(args) as (data, evaluation, steps, steps_per_epoch):
         pairs = two_views(data.known_train, augment).prefetch(tf.data.AUTOTUNE)
         model = encoder(args.width)
         if args.no_gradmix:
             trainer = SupConModel(model)
         else:
             trainer = GradMixContrastive(model, layer=["layer3", "layer4"], seed=args.split)
-        steps_per_epoch = steps or sum(1 for _ in data.known_train)
         schedule = keras.optimizers.schedules.CosineDecay(
             args.lr, decay_steps=args.epochs * steps_per_epoch)
         trainer.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
                         jit_compile=True if args.jit else "auto")
         callbacks = [
-            OpenSetEvaluation(known_test, unknown_test, scores=("knn",), every=args.eval_every,
-                              train_data=known_train, feature_layer="features",
-                              predictions="knn", csv_path=os.path.join(args.out, "osr.csv")),
+            OpenSetEvaluation(evaluation.known_test, evaluation.unknown_test, scores=("knn",),
+                              every=args.eval_every, train_data=evaluation.known_train,
+                              feature_layer="features", predictions="knn",
+                              csv_path=os.path.join(args.out, "osr.csv")),
             keras.callbacks.ModelCheckpoint(os.path.join(args.out, "best.keras"),
                                             monitor="val_osr_auroc_knn", mode="max",
                                             save_best_only=True),
