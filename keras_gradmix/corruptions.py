@@ -18,7 +18,7 @@ impulse_noise       share of values set to 0 or 1 (salt & pepper, half each): .0
 gaussian_blur       Gaussian sigma in pixels: .4 .6 .7 .8 1
 defocus_blur        disk radius, anti-alias sigma: (.3, .4) (.4, .5) (.5, .6) (1, .2) (1.5, .1)
 zoom_blur           mean of the image zoomed by 1, 1.01, ..., up to 1.05 1.10 1.15 1.20 1.25
-contrast            x ← (x − mean)·c + mean: .75 .5 .4 .3 .15
+contrast            x ← (x − mean)·c + mean, per channel: .75 .5 .4 .3 .15
 brightness          added to HSV value (grey: to the pixel): .05 .1 .15 .2 .3
 pixelate            area down-sampling to this share of the size, nearest up: .95 .9 .85 .75 .65
 jpeg_compression    JPEG quality: 80 65 58 50 40
@@ -142,7 +142,7 @@ def zoom_blur(x, max_zoom, seed):
 
 
 def contrast(x, factor, seed):
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # per image and channel
     return (x - mean) * factor + mean
 
 
