@@ -12,8 +12,8 @@ from keras_gradmix.osr.features import class_labels, iter_batches
 
 
 def evaluate_corruptions(
-    model, data, corruptions: Sequence[str] = CORRUPTIONS,
-    severities: Sequence[int] = SEVERITIES, *, seed: int = 0, batch_size: int = 256,
+    model, data, corruptions: str | Sequence[str] = CORRUPTIONS,
+    severities: int | Sequence[int] = SEVERITIES, *, seed: int = 0, batch_size: int = 256,
 ) -> dict:
     """Accuracy on clean and corrupted copies of ``data`` (built on the fly).
 
@@ -24,7 +24,8 @@ def evaluate_corruptions(
         data: labelled test images in [0, 1]: ``(x, y)`` arrays or a
             ``tf.data.Dataset`` of ``(x, y)`` batches; integer or one-hot labels.
         corruptions, severities: names in
-            :data:`keras_gradmix.corruptions.CORRUPTIONS` and levels 1-5.
+            :data:`keras_gradmix.corruptions.CORRUPTIONS` and levels 1-5
+            (one or several).
         seed: batch ``i`` is corrupted with seed ``(seed, i)``; with the same
             data order and ``batch_size``, every model sees the same images.
 
@@ -40,7 +41,8 @@ def evaluate_corruptions(
     print(result["clean"], result["mean"], result["accuracy"]["shot_noise"][5])
     ```
     """
-    corruptions, severities = tuple(corruptions), tuple(severities)
+    corruptions = (corruptions,) if isinstance(corruptions, str) else tuple(corruptions)
+    severities = (severities,) if isinstance(severities, int) else tuple(severities)
     if not corruptions or not severities:
         raise ValueError("Pass at least one corruption and one severity.")
     for name in corruptions:

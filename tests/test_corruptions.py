@@ -182,6 +182,8 @@ def test_evaluate_corruptions_equals_a_batch_by_batch_computation(mnist):
     one_hot = evaluate_corruptions(model, (x, np.eye(10)[y]), names, severities, seed=3,
                                    batch_size=32)
     assert one_hot == result
+    single = evaluate_corruptions(model, (x, y), "pixelate", 5, seed=3, batch_size=32)
+    assert single["accuracy"] == {"pixelate": {5: result["accuracy"]["pixelate"][5]}}
 
 
 def test_evaluate_corruptions_rejects_bad_input(mnist):
