@@ -108,18 +108,20 @@ def corruption_tables(runs, methods) -> str:
     (mean over severities) and per severity (mean over corruptions)."""
     per_run = []
     for r in runs:
-        row = {"method": r["method"], "clean": r["accuracy"], "mean": r["corruption_mean"]}
+        row = {"method": r["method"], "clean": r["accuracy"], "mean": r["corruption_mean"],
+               "seconds": r["train_seconds"]}
         for key, values in (("corruption", CORRUPTIONS), ("severity", SEVERITIES)):
             for value in values:
                 row[str(value)] = float(np.mean([c["accuracy"] for c in r["corruptions"]
                                                  if c[key] == value]))
         per_run.append(row)
-    columns = ["clean", "mean", *CORRUPTIONS, *map(str, SEVERITIES)]
+    columns = ["clean", "mean", "seconds", *CORRUPTIONS, *map(str, SEVERITIES)]
     stats = {s["method"]: s for s in mean_std(per_run, ["method"], columns)}
     present = [m for m in methods if m in stats]
     overview = [{"method": m, "runs": stats[m]["runs"], "clean accuracy": pm(stats[m], "clean"),
                  "mean corruption accuracy": pm(stats[m], "mean"),
-                 **{f"severity {s}": pm(stats[m], str(s)) for s in SEVERITIES}} for m in present]
+                 **{f"severity {s}": pm(stats[m], str(s)) for s in SEVERITIES},
+                 "train s / run": f"{stats[m]['seconds']:.0f}"} for m in present]
     by_corruption = [{"method": m, **{c: pm(stats[m], c) for c in CORRUPTIONS}} for m in present]
     return "\n".join(["### Accuracy (%): clean, mean over all 50 corruptions, per severity", "",
                       to_markdown(overview), "",
