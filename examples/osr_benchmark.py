@@ -135,6 +135,31 @@ def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose)
             "batch_size": batch_size, "train_seconds": seconds, "results": results}
 
 
+def parse_methods(parser, text: str, choices) -> list[str]:
+    methods = text.split(",")
+    unknown = [m for m in methods if m not in choices]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {choices}")
+    return methods
+
+
+def cached_run(path: str, epochs: int, title: str, compute) -> dict:
+    """The run stored at ``path`` if it trained for ``epochs``, else
+    ``compute()``, stored there once complete (so a benchmark resumes)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            run = json.load(f)
+        if run.get("epochs") == epochs:
+            print(f"skip {path} (done)")
+            return run
+    print(f"== {title} ==", flush=True)
+    run = compute()
+    with open(path + ".tmp", "w") as f:
+        json.dump(run, f, indent=1)
+    os.replace(path + ".tmp", path)  # a run counts only once complete
+    return run
+
+
 def summarize(runs: list[dict], meta: dict) -> str:
     """Markdown: per method, mean +- std over splits x seeds of each metric."""
     scores = SCORES + (CONTRASTIVE_SCORES if set(meta["methods"]) & set(CONTRASTIVE) else ())
@@ -177,10 +202,7 @@ def main(argv=None):
     parser.add_argument("--verbose", type=int, default=2)
     args = parser.parse_args(argv)
 
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    methods = parse_methods(parser, args.methods, METHODS)
     splits = [int(s) for s in args.splits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or os.path.join("results", "osr", args.dataset)
@@ -189,21 +211,11 @@ def main(argv=None):
     for split in splits:
         for seed in seeds:
             for method in methods:
-                path = os.path.join(out, f"{method}_split{split}_seed{seed}.json")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        run = json.load(f)
-                    if run.get("epochs") == args.epochs:
-                        print(f"skip {path} (done)")
-                        runs.append(run)
-                        continue
-                print(f"== {args.dataset} split {split} seed {seed} {method} ==", flush=True)
-                run = run_one(args.dataset, method, split, seed, args.epochs, args.batch_size,
-                              args.data_dir, args.verbose)
-                with open(path + ".tmp", "w") as f:
-                    json.dump(run, f, indent=1)
-                os.replace(path + ".tmp", path)  # a run counts only once complete
-                runs.append(run)
+                runs.append(cached_run(
+                    os.path.join(out, f"{method}_split{split}_seed{seed}.json"), args.epochs,
+                    f"{args.dataset} split {split} seed {seed} {method}",
+                    lambda: run_one(args.dataset, method, split, seed, args.epochs,
+                                    args.batch_size, args.data_dir, args.verbose)))
 
     meta = {
         "command": " ".join(["python examples/osr_benchmark.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from osr_benchmark import GRADMIX, train  # noqa: E402  the same CNN, schedule and methods
+from osr_benchmark import GRADMIX, cached_run, parse_methods, train  # noqa: E402
 
 from keras_gradmix.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise  # noqa: E402
@@ -153,31 +153,15 @@ def main(argv=None):
     parser.add_argument("--verbose", type=int, default=2)
     args = parser.parse_args(argv)
 
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    methods = parse_methods(parser, args.methods, METHODS)
     seeds = [int(s) for s in args.seeds.split(",")]
     epochs = 1 if args.smoke else args.epochs
     data = load(args.data_dir, *((1024, 256) if args.smoke else (None, None)))
     os.makedirs(args.out, exist_ok=True)
-    runs = []
-    for seed in seeds:
-        for method in methods:
-            path = os.path.join(args.out, f"{method}_seed{seed}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    run = json.load(f)
-                if run.get("epochs") == epochs:
-                    print(f"skip {path} (done)")
-                    runs.append(run)
-                    continue
-            print(f"== fashion_mnist seed {seed} {method} ==", flush=True)
-            run = run_one(data, method, seed, epochs, args.batch_size, args.verbose)
-            with open(path + ".tmp", "w") as f:
-                json.dump(run, f, indent=1)
-            os.replace(path + ".tmp", path)  # a run counts only once complete
-            runs.append(run)
+    runs = [cached_run(os.path.join(args.out, f"{method}_seed{seed}.json"), epochs,
+                       f"fashion_mnist seed {seed} {method}",
+                       lambda: run_one(data, method, seed, epochs, args.batch_size, args.verbose))
+            for seed in seeds for method in methods]
 
     meta = {
         "command": " ".join(["python examples/robustness_benchmark.py",
