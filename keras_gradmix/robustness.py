@@ -48,7 +48,7 @@ def evaluate_corruptions(
     for name in corruptions:
         for severity in severities:
             check_corruption(name, severity)
-    batches = [(x, y) for x, y in iter_batches(data, batch_size)]
+    batches = list(iter_batches(data, batch_size))
     if not batches or any(y is None for _, y in batches):
         raise ValueError("evaluate_corruptions needs labelled data: (x, y) or a dataset of (x, y).")
     labels = np.concatenate([class_labels(y) for _, y in batches])
