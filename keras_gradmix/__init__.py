@@ -1,7 +1,16 @@
 """GradMix for Keras 3: attribution-based masking augmentation (Xu, Kao, Keuper 2025).
 
-Main entry point: :class:`GradMixModel`. The building blocks (attribution maps,
-box masks, fills) are pure functions usable in custom training loops.
+Main entry point: :class:`GradMixModel`, configured by a :class:`GradMixConfig`
+and holding an objective (:mod:`keras_gradmix.objectives`). The building blocks
+(attribution maps, masks, fills, the sampled transformation) are pure functions
+usable in custom training loops.
+
+The package logs through the ``"keras_gradmix"`` logger and attaches no
+handler (e.g. which layer ``layer=None`` picked, at INFO); to see it::
+
+    import logging
+    logging.basicConfig()
+    logging.getLogger("keras_gradmix").setLevel(logging.INFO)
 """
 
 import logging as _logging
@@ -22,27 +31,34 @@ from keras_gradmix.masks import (
     sample_mask_area,
     threshold_masks,
 )
-from keras_gradmix.mixing import apply_fill, attribution_share, random_partner
-from keras_gradmix.model import GradMixModel, MaskedBatch
+from keras_gradmix.config import GradMixConfig
+from keras_gradmix.mixing import apply_fill, attribution_share, random_partner, sample_noise
+from keras_gradmix.model import GradMixModel
+from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.plotting import MaskPreview, plot_masks
 from keras_gradmix.tap import LayerTap, iter_layers, resolve_layer
+from keras_gradmix.transform import (
+    MaskedBatch,
+    Transformation,
+    apply_transformation,
+    sample_transformation,
+)
 
 __version__ = "0.1.0.dev0"
 
-# Visible by default: e.g. which layer layer=None picked.
-_logger = _logging.getLogger("keras_gradmix")
-if not _logger.handlers:
-    _handler = _logging.StreamHandler()
-    _handler.setFormatter(_logging.Formatter("keras_gradmix: %(message)s"))
-    _logger.addHandler(_handler)
-    _logger.setLevel(_logging.INFO)
+_logging.getLogger("keras_gradmix").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "Classification",
+    "GradMixConfig",
     "GradMixModel",
     "LayerTap",
     "MaskPreview",
     "MaskedBatch",
+    "Objective",
+    "Transformation",
     "apply_fill",
+    "apply_transformation",
     "attribution_maps",
     "attribution_share",
     "box_masks",
@@ -58,6 +74,8 @@ __all__ = [
     "resolve_layer",
     "sample_beta",
     "sample_mask_area",
+    "sample_noise",
+    "sample_transformation",
     "target_scores",
     "threshold_masks",
 ]

@@ -26,7 +26,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_gradmix.model import GradMixModel, MaskedBatch
+from keras_gradmix import compat
+
+from keras_gradmix.model import GradMixModel
+from keras_gradmix.objectives import Objective
 
 
 def l2_normalize(features, axis: int = -1, epsilon: float = 1e-12):
@@ -54,6 +57,7 @@ def supcon_loss(
     temperature: float = 0.07,
     base_temperature: float = 0.07,
     positive_features=None,
+    sample_weight=None,
 ):
     """Supervised contrastive loss; SimCLR's NT-Xent when ``labels`` is None.
 
@@ -70,9 +74,11 @@ def supcon_loss(
             ``sum_{k != a} exp(a . features_k / T)`` over the clean features,
             as in the authors' code. Their two detached max shifts change the
             logged value, not the gradient; this uses an exact log-sum-exp.
+        sample_weight: ``(B,)`` weight of each image's anchors (all its
+            views); the mean still runs over all ``V * B`` anchors.
 
     Returns:
-        A scalar: the mean over all ``V * B`` anchors.
+        A scalar: the (weighted) mean over all ``V * B`` anchors.
     """
     if temperature <= 0 or base_temperature <= 0:
         raise ValueError(
@@ -98,6 +104,9 @@ def supcon_loss(
         logits = ops.matmul(anchors, ops.transpose(mixed)) / temperature
     log_prob = logits - log_denominator
     mean_log_prob = ops.sum(positives * log_prob, axis=1) / ops.sum(positives, axis=1)
+    if sample_weight is not None:
+        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        mean_log_prob = ops.tile(weights, (views,)) * mean_log_prob
     return -(temperature / base_temperature) * ops.mean(mean_log_prob)
 
 
@@ -128,37 +137,144 @@ def recipe_loss(y_pred, labels, *, temperature, base_temperature, supcon_weight,
 
 
 @keras.saving.register_keras_serializable(package="keras_gradmix")
-class SupConModel(keras.Model):
-    """Supervised contrastive training without GradMix (the recipe's baseline):
-    ``loss = supcon_weight * SupCon(Z, y) + ssl_weight * SimCLR(Z)`` on two
-    views ``(B, 2, H, W, C)``; Keras' own step on every backend. Compile with
-    an optimizer only."""
+class Contrastive(Objective):
+    """The paper's recipe as an objective: SupCon + SimCLR with GradMix positives.
 
-    def __init__(self, model: keras.Model, *, temperature: float = 0.05,
-                 base_temperature: float = 0.07, supcon_weight: float = 1.0,
-                 ssl_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        for name, value in (("temperature", temperature), ("base_temperature", base_temperature)):
+    Each batch is ``(views, labels)`` with ``views`` of shape
+    ``(B, 2, H, W, C)`` (:func:`keras_gradmix.data.two_views`); the wrapped
+    encoder's output is the projection, L2-normalised here. The clean loss is
+    ``supcon_weight * SupCon(Z, y) + ssl_weight * SimCLR(Z)`` plus the model's
+    regularisation losses. With GradMix, the attributed score is the
+    unsupervised NT-Xent of the clean views at ``attribution_temperature`` (as
+    the authors' code: the gradient of a loss, not of a class score); only view
+    1 is masked, and the step adds
+    ``ssl_weight * SimCLR(Z, positives Z~)`` (and with ``supcon_positives``,
+    ``supcon_weight * SupCon(Z, y, positives Z~)``, their ``--supcon_aug``),
+    where each anchor of image ``i`` is weighted by the kept-area fraction of
+    its masked view 1, and by 0 when view 1 was not masked (warm-up,
+    ``probability``, a flat map).
+
+    Args:
+        temperature, base_temperature: of the SupCon and SimCLR terms.
+        attribution_temperature: of the NT-Xent whose gradient is attributed.
+        supcon_weight, ssl_weight: ``gamma`` and ``lambda`` of the recipe.
+        supcon_positives: also weight a SupCon term with the masked positives.
+    """
+
+    def __init__(self, temperature: float = 0.05, base_temperature: float = 0.07,
+                 attribution_temperature: float = 0.05, supcon_weight: float = 1.0,
+                 ssl_weight: float = 1.0, supcon_positives: bool = False):
+        for name, value in (("temperature", temperature), ("base_temperature", base_temperature),
+                            ("attribution_temperature", attribution_temperature)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}.")
-        self.model = model
-        self.temperature, self.base_temperature = float(temperature), float(base_temperature)
-        self.supcon_weight, self.ssl_weight = float(supcon_weight), float(ssl_weight)
-
-    def call(self, inputs, training=None):
-        if len(inputs.shape) == 5:
-            inputs = flatten_two_views(inputs)
-        return self.model(inputs, training=training)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return recipe_loss(y_pred, y, temperature=self.temperature,
-                           base_temperature=self.base_temperature,
-                           supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight)
+        self.temperature = float(temperature)
+        self.base_temperature = float(base_temperature)
+        self.attribution_temperature = float(attribution_temperature)
+        self.supcon_weight = float(supcon_weight)
+        self.ssl_weight = float(ssl_weight)
+        self.supcon_positives = bool(supcon_positives)
 
     def get_config(self):
-        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.model),
-                "temperature": self.temperature, "base_temperature": self.base_temperature,
-                "supcon_weight": self.supcon_weight, "ssl_weight": self.ssl_weight}
+        return dict(temperature=self.temperature, base_temperature=self.base_temperature,
+                    attribution_temperature=self.attribution_temperature,
+                    supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight,
+                    supcon_positives=self.supcon_positives)
+
+    def check_options(self, options):
+        fixed = dict(mode="paired", target="loss", label_mode="area")
+        wrong = {k: getattr(options, k) for k, v in fixed.items() if getattr(options, k) != v}
+        if wrong:
+            raise ValueError(
+                f"The contrastive recipe trains with {fixed}; got {wrong}. Leave these "
+                f"options at the recipe's values."
+            )
+        if options.fill == "mix":
+            raise ValueError(
+                "The contrastive recipe fills the box with noise or a constant; fill='mix' "
+                "(pasting a partner) has no labels to mix in the contrastive recipe."
+            )
+
+    def prepare_inputs(self, x):
+        return flatten_two_views(x)
+
+    def model_inputs(self, x):
+        # (B, 2, H, W, C) views -> both views, view-major (2B, H, W, C).
+        return flatten_two_views(x) if len(x.shape) == 5 else x
+
+    def check_compiled(self, trainer):
+        if getattr(trainer, "optimizer", None) is None:
+            raise ValueError("Contrastive training needs compile(optimizer=...) (no loss).")
+        if compat.has_compiled_loss(trainer):
+            raise ValueError(
+                "Contrastive training computes its own loss (SupCon + SimCLR); compile "
+                "with an optimizer only, without loss=."
+            )
+
+    def _loss(self, features, labels=None, temperature=None, **kwargs):
+        return supcon_loss(features, labels, temperature=temperature or self.temperature,
+                           base_temperature=self.base_temperature, **kwargs)
+
+    def clean_loss(self, trainer, x, y, y_pred, sample_weight=None, training=True):
+        loss = recipe_loss(y_pred, y, temperature=self.temperature,
+                           base_temperature=self.base_temperature,
+                           supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight)
+        extra = trainer.losses  # regularisers and add_loss of the forward
+        if extra:
+            loss = loss + ops.sum(ops.stack([ops.cast(ops.sum(v), "float32") for v in extra]))
+        return loss
+
+    def attribution_score(self, trainer, y, y_pred, clean_loss):
+        return self._loss(two_view_features(y_pred), temperature=self.attribution_temperature)
+
+    def maskable(self, batch_size):
+        return ops.arange(batch_size) < batch_size // 2  # view 1
+
+    def loss(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
+        z, z_mixed = two_view_features(y_pred), two_view_features(y_masked)
+        half = ops.shape(masked.own)[0] // 2
+        kept = ops.where(masked.applied, masked.own, 0.0)[:half]  # w per image, from view 1
+        kept = ops.stop_gradient(kept)
+        loss = clean_loss + self.ssl_weight * self._loss(z, positive_features=z_mixed, sample_weight=kept)
+        if self.supcon_positives:
+            loss = loss + self.supcon_weight * self._loss(
+                z, y, positive_features=z_mixed, sample_weight=kept)
+        return loss
+
+    def metrics(self, trainer, x, y, y_pred, sample_weight=None):
+        # Labels index images, predictions are features of two views: the loss only.
+        return {"loss": compat.loss_tracker(trainer).result()}
+
+
+def _recipe(kwargs: dict) -> tuple[dict, dict]:
+    """:class:`Contrastive` arguments, and the rest."""
+    names = Contrastive().get_config()
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
+
+@keras.saving.register_keras_serializable(package="keras_gradmix")
+class SupConModel(keras.Model):
+    """Supervised contrastive training without GradMix (the recipe's baseline):
+    the :class:`Contrastive` objective's clean loss on two views
+    ``(B, 2, H, W, C)``, with Keras' own step on every backend. Keyword
+    arguments are :class:`Contrastive`'s (``temperature=``...) or
+    ``keras.Model``'s. Compile with an optimizer only."""
+
+    def __init__(self, model: keras.Model, *, objective: Contrastive | None = None, **kwargs):
+        recipe, keras_kwargs = _recipe(kwargs)
+        super().__init__(**keras_kwargs)
+        self.model = model
+        self.objective = objective or Contrastive(**recipe)
+
+    def call(self, inputs, training=None):
+        return self.model(self.objective.model_inputs(inputs), training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return self.objective.clean_loss(self, x, y, y_pred, sample_weight, training)
+
+    def get_config(self):
+        return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
+                **self.objective.get_config()}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -171,23 +287,13 @@ class SupConModel(keras.Model):
 class GradMixContrastive(GradMixModel):
     """The paper's recipe: supervised contrastive training with GradMix positives.
 
-    Wraps an ``encoder`` whose output is the projection (e.g. ResNet-18 with a
-    512-512-128 head); features are L2-normalised here. Each batch is
-    ``(views, labels)`` with ``views`` of shape ``(B, 2, H, W, C)``
-    (:func:`keras_gradmix.data.two_views`). One step, on every backend:
-
-    1. Forward both views ``Z`` (training mode); the attribution target is the
-       unsupervised NT-Xent of ``Z`` at ``attribution_temperature``, as the
-       authors' code (the gradient of a loss, not of a class score).
-    2. Mask view 1 at its attribution peak (the usual ``mask``/``fill``
-       options; view 2 stays clean) and forward ``[view 1 masked, view 2]``: ``Z~``.
-    3. ``loss = supcon_weight * SupCon(Z, y) + ssl_weight * (SimCLR(Z) +
-       w * SimCLR(Z, positives Z~))``, ``w`` the mean kept-area fraction of
-       view 1; ``supcon_positives=True`` also adds
-       ``supcon_weight * w * SupCon(Z, y, positives Z~)`` (their ``--supcon_aug``).
-
-    Compile with an optimizer only (no loss). Other keyword arguments are
-    those of :class:`GradMixModel` (``fill="mix"`` and ``mode`` do not apply).
+    A :class:`~keras_gradmix.GradMixModel` holding the :class:`Contrastive`
+    objective. Wraps an ``encoder`` whose output is the projection (e.g.
+    ResNet-18 with a 512-512-128 head). Keyword arguments are
+    :class:`Contrastive`'s (``temperature=``, ``supcon_weight=``,
+    ``supcon_positives=``...) or GradMix options (``mask_area=``, ``fill=``,
+    ``warmup_epochs=``...; ``attribution`` defaults to ``"layercam"``, the
+    reference code's form). Compile with an optimizer only (no loss).
 
     Example:
 
@@ -205,107 +311,8 @@ class GradMixContrastive(GradMixModel):
     ```
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        layer=None,
-        *,
-        temperature: float = 0.05,
-        base_temperature: float = 0.07,
-        attribution_temperature: float = 0.05,
-        supcon_weight: float = 1.0,
-        ssl_weight: float = 1.0,
-        supcon_positives: bool = False,
-        attribution: str = "layercam",
-        **kwargs,
-    ):
-        for name in ("mode", "target", "label_mode"):
-            kwargs.pop(name, None)  # fixed by the recipe (and present in saved configs)
-        if kwargs.get("fill") == "mix":
-            raise ValueError(
-                "GradMixContrastive fills the box with noise or a constant; fill='mix' "
-                "(pasting a partner) has no labels to mix in the contrastive recipe."
-            )
-        super().__init__(model, layer, attribution=attribution, mode="paired", target="loss", **kwargs)
-        for name, value in (("temperature", temperature), ("base_temperature", base_temperature),
-                            ("attribution_temperature", attribution_temperature)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}.")
-        self.temperature = float(temperature)
-        self.base_temperature = float(base_temperature)
-        self.attribution_temperature = float(attribution_temperature)
-        self.supcon_weight = float(supcon_weight)
-        self.ssl_weight = float(ssl_weight)
-        self.supcon_positives = bool(supcon_positives)
-
-    def call(self, inputs, training=None):
-        # (B, 2, H, W, C) views -> features of both views, view-major (2B, D).
-        if len(inputs.shape) == 5:
-            inputs = self.prepare_inputs(inputs)
-        return super().call(inputs, training=training)
-
-    # ------------------------------------------------------------- step hooks
-    def prepare_inputs(self, x):
-        return flatten_two_views(x)
-
-    def check_compiled(self):
-        if getattr(self, "optimizer", None) is None:
-            raise ValueError("GradMixContrastive needs compile(optimizer=...) (no loss).")
-
-    def _loss(self, features, labels=None, positive_features=None, temperature=None):
-        return supcon_loss(
-            features, labels, temperature=temperature or self.temperature,
-            base_temperature=self.base_temperature, positive_features=positive_features,
-        )
-
-    def clean_loss(self, x, y, y_pred, sample_weight, training=True):
-        return recipe_loss(y_pred, y, temperature=self.temperature,
-                           base_temperature=self.base_temperature,
-                           supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight)
-
-    def attribution_score(self, y, y_pred, clean_loss):
-        # The reference attributes the unsupervised NT-Xent of the clean views.
-        return self.attribution_target(
-            None, y_pred, self._loss(two_view_features(y_pred), temperature=self.attribution_temperature)
-        )
-
-    def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
-        """Masks view 1 (the first half of the batch) only; view 2 stays clean."""
-        masked = super().masked_batch(images, activations, gradients, seed=seed)
-        size = ops.shape(images)[0]
-        view1 = ops.arange(size) < size // 2
-        applied = masked.applied & view1
-        return masked._replace(
-            images=ops.where(view1[:, None, None, None], masked.images, images),
-            mask=masked.mask & view1[:, None, None],
-            own=ops.where(view1, masked.own, 1.0),
-            applied=applied,
-        )
-
-    def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
-        z, z_mixed = two_view_features(y_pred), two_view_features(y_masked)
-        half = ops.shape(masked.own)[0] // 2
-        kept = ops.stop_gradient(ops.mean(masked.own[:half]))  # w: view 1's kept area
-        loss = clean_loss + self.ssl_weight * kept * self._loss(z, positive_features=z_mixed)
-        if self.supcon_positives:
-            loss = loss + self.supcon_weight * kept * self._loss(z, y, positive_features=z_mixed)
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Labels index images, predictions are features of two views: the loss only.
-        return {"loss": self._loss_tracker.result()}
-
-    def compute_loss(self, *args, **kwargs):
-        raise ValueError("GradMixContrastive computes its own loss; compile without one.")
-
-    def get_config(self):
-        config = super().get_config()
-        for name in ("mode", "target", "label_mode"):
-            config.pop(name)
-        config.update(
-            temperature=self.temperature, base_temperature=self.base_temperature,
-            attribution_temperature=self.attribution_temperature,
-            supcon_weight=self.supcon_weight, ssl_weight=self.ssl_weight,
-            supcon_positives=self.supcon_positives,
-        )
-        return config
+    def __init__(self, model: keras.Model, layer=None, *, objective: Contrastive | None = None,
+                 **kwargs):
+        recipe, options = _recipe(kwargs)
+        options = {"attribution": "layercam", "target": "loss", **options}
+        super().__init__(model, layer, objective=objective or Contrastive(**recipe), **options)

@@ -51,6 +51,14 @@ def random_partner(batch_size, seed=None):
     return ops.argsort(keras.random.uniform((batch_size,), seed=seed))
 
 
+def sample_noise(batch_size, image_size, value_range=(0.0, 1.0), seed=None, dtype="float32"):
+    """``(B, H, W, 1)`` uniform noise in ``value_range``: one value per pixel,
+    shared by the channels (as the GradMix reference code)."""
+    low, high = value_range
+    shape = (batch_size, int(image_size[0]), int(image_size[1]), 1)
+    return keras.random.uniform(shape, low, high, seed=seed, dtype=dtype)
+
+
 def apply_fill(
     images,
     mask,
@@ -59,6 +67,7 @@ def apply_fill(
     value_range: tuple[float, float] = (0.0, 1.0),
     partner=None,
     seed=None,
+    noise=None,
 ):
     """Replaces the pixels of ``images`` where ``mask`` is True.
 
@@ -72,6 +81,8 @@ def apply_fill(
         value_range: range of the noise, in the images' own value range.
         partner: ``(B,)`` partner indices, required for ``"mix"``.
         seed: ``int`` or ``keras.random.SeedGenerator`` for the noise.
+        noise: ``(B, H, W, 1)`` noise drawn beforehand (:func:`sample_noise`);
+            ``seed`` is then unused.
 
     Returns:
         Float images, same shape; pixels outside the mask are unchanged.
@@ -81,9 +92,11 @@ def apply_fill(
     if not keras.backend.is_float_dtype(images.dtype):
         images = ops.cast(images, "float32")
     if fill == "noise":
-        low, high = value_range
-        shape = (ops.shape(images)[0], images.shape[1], images.shape[2], 1)
-        content = keras.random.uniform(shape, low, high, seed=seed, dtype=images.dtype)
+        if noise is None:
+            noise = sample_noise(
+                ops.shape(images)[0], images.shape[1:3], value_range, seed, images.dtype
+            )
+        content = ops.cast(noise, images.dtype)
     elif fill == "mix":
         if partner is None:
             raise ValueError("fill='mix' needs partner indices, e.g. random_partner(B).")

@@ -54,8 +54,8 @@ def plot_masks(
             f"channels); got shape {images.shape}."
         )
     preview = gm.preview(images, labels, seed=seed)
-    shown = _displayable(images, gm.value_range)
-    trained = _displayable(keras.ops.convert_to_numpy(preview.images), gm.value_range)
+    shown = _displayable(images, gm.options.value_range)
+    trained = _displayable(keras.ops.convert_to_numpy(preview.images), gm.options.value_range)
     maps = keras.ops.convert_to_numpy(preview.maps)
     mask = keras.ops.convert_to_numpy(preview.mask)
     gray = shown.ndim == 3

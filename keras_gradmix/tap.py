@@ -12,26 +12,27 @@ layers inside nested sub-models, and needs no second, truncated model.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable, Iterator
 
 import keras
 
+from keras_gradmix import compat
 
-def _children(layer) -> list:
-    # Like Model.layers, which plain layers lack (only the private form).
-    return [
-        child
-        for child in layer._flatten_layers(include_self=False, recursive=False)
-        if not isinstance(child, keras.layers.InputLayer)
-    ]
+logger = logging.getLogger("keras_gradmix")
 
 
-def iter_layers(model, prefix: str = "") -> Iterator[tuple[str, keras.Layer]]:
-    """Yields ``(path, layer)`` for every layer inside ``model``, depth first."""
-    for layer in _children(model):
+def iter_layers(model, prefix: str = "", models_only: bool = False) -> Iterator[tuple[str, keras.Layer]]:
+    """Yields ``(path, layer)`` for every layer inside ``model``, depth first.
+
+    ``models_only`` does not descend into layers that are not models (e.g.
+    the query/key/value projections inside ``MultiHeadAttention``).
+    """
+    for layer in compat.child_layers(model):
         path = prefix + layer.name
         yield path, layer
-        yield from iter_layers(layer, path + "/")
+        if not models_only or isinstance(layer, keras.Model):
+            yield from iter_layers(layer, path + "/", models_only)
 
 
 def graph_output_shape(layer) -> tuple | None:
@@ -60,8 +61,14 @@ def resolve_layer(model, path: str) -> keras.Layer:
         )
     layer = model
     for name in path.split("/"):
-        matches = [child for child in _children(layer) if child.name == name]
+        matches = [child for child in compat.child_layers(layer) if child.name == name]
         if not matches:
+            if any(op.name == name for op in compat.graph_layers_from_inputs(layer)):
+                raise ValueError(
+                    f"Layer {name!r} (from layer={path!r}) is called on the inputs of "
+                    f"{layer.name!r}, but its output does not reach the model's output; "
+                    f"attribute a layer on the path to the output."
+                )
             candidates = image_layer_paths(model)
             kind = "layers with a 4-D output"
             if not candidates:
@@ -74,6 +81,54 @@ def resolve_layer(model, path: str) -> keras.Layer:
             )
         layer = matches[0]
     return layer
+
+
+def tapped_outputs(tap: "LayerTap", paths, model_name: str) -> list:
+    """The output of each layer in ``paths`` from one forward, checked: one
+    call, one 4-D ``(batch, height, width, channels)`` tensor."""
+    activations = []
+    for path in paths:
+        outputs = tap.outputs[path]
+        if len(outputs) != 1:
+            raise ValueError(
+                f"Layer {path!r} ran {len(outputs)} times in one forward pass of "
+                f"{model_name!r}; GradMix needs a layer that runs exactly once."
+            )
+        activation = outputs[0]
+        if not keras.ops.is_tensor(activation) or len(activation.shape) != 4:
+            shape = getattr(activation, "shape", None)
+            shape = type(activation).__name__ if shape is None else tuple(shape)
+            raise ValueError(
+                f"Layer {path!r} returned {shape}; GradMix needs one 4-D "
+                f"(batch, height, width, channels) feature map. Choose a "
+                f"convolutional layer, or layer=None for the last 4-D one."
+            )
+        activations.append(activation)
+    return activations
+
+
+def pick_layer(tap: "LayerTap", image_size, model_name: str) -> str:
+    """``layer=None``: the last layer (in call order) whose output is a genuine
+    spatial feature map: one 4-D tensor larger than 1x1 and no larger than the
+    image, from a layer of the model or of a nested model (never a sublayer of
+    a plain layer such as ``MultiHeadAttention``). Logged at INFO."""
+
+    def spatial(path):
+        outputs = tap.outputs[path]
+        if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]) or len(outputs[0].shape) != 4:
+            return False
+        height, width = outputs[0].shape[1:3]
+        return height * width > 1 and height <= image_size[0] and width <= image_size[1]
+
+    maps = [path for path in tap.order if spatial(path)]
+    if not maps:
+        raise ValueError(
+            f"No layer of {model_name!r} has a 4-D (batch, height, width, "
+            f"channels) output larger than 1x1; GradMix attributes a spatial "
+            f"feature map. Pass layer= explicitly."
+        )
+    logger.info("GradMix attributes the output of layer %r (layer=None).", maps[-1])
+    return maps[-1]
 
 
 class LayerTap:

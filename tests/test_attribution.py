@@ -3,7 +3,15 @@ from conftest import to_numpy
 import pytest
 import tensorflow as tf
 
-from keras_gradmix import attribution_maps, gradcam, normalize_maps, resize_maps, target_scores
+from keras_gradmix import (
+    attribution_maps,
+    gradcam,
+    gradcam_plus_plus,
+    layercam,
+    normalize_maps,
+    resize_maps,
+    target_scores,
+)
 
 
 def test_gradcam_on_hand_built_tensors():
@@ -76,3 +84,43 @@ def test_target_scores_label_and_prediction():
 def test_normalize_rejects_unknown_mode():
     with pytest.raises(ValueError, match="normalize must be one of"):
         normalize_maps(np.zeros((1, 2, 2)), "global")
+
+
+def test_layercam_is_activation_times_positive_gradient():
+    acts = np.array([[[[1.0, 2.0], [3.0, 0.5]]]])  # (1, 1, 2, 2)
+    grads = np.array([[[[-1.0, 2.0], [0.5, -4.0]]]])
+    # pixel 0: 1*0 + 2*2 = 4; pixel 1: 3*0.5 + 0.5*0 = 1.5 (no final ReLU)
+    np.testing.assert_allclose(to_numpy(layercam(acts, grads)), [[[4.0, 1.5]]])
+    np.testing.assert_allclose(to_numpy(layercam(-acts, np.abs(grads))), [[[-5.0, -3.5]]])
+
+
+def test_gradcam_plus_plus_closed_form():
+    acts = np.array([[[[1.0], [3.0]]]])  # one channel, pixels A = 1, 3; sum A = 4
+    grads = np.array([[[[2.0], [-1.0]]]])
+    # alpha = g^2 / (2 g^2 + 4 g^3): 4 / 40 = 0.1 and 1 / (2 - 4) = -0.5;
+    # weight = 0.1 * relu(2) + (-0.5) * relu(-1) = 0.2; map = relu(0.2 * A).
+    np.testing.assert_allclose(to_numpy(gradcam_plus_plus(acts, grads)), [[[0.2, 0.6]]], rtol=1e-5)
+    zero = to_numpy(gradcam_plus_plus(acts, np.zeros_like(grads)))
+    np.testing.assert_array_equal(zero, 0.0)  # alpha is 0 where the gradient is 0, not NaN
+
+
+def test_several_layers_are_normalised_upsampled_summed_and_normalised():
+    rng = np.random.default_rng(0)
+    a1, g1 = rng.random((2, 8, 8, 3)), rng.normal(size=(2, 8, 8, 3))
+    a2, g2 = rng.random((2, 4, 4, 5)), rng.normal(size=(2, 4, 4, 5))
+
+    def norm(m):
+        lo, hi = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
+        return (m - lo) / (hi - lo + 1e-8)
+
+    total = 0
+    for a, g in ((a1, g1), (a2, g2)):
+        cam = (a * np.maximum(g, 0)).sum(-1)
+        total = total + tf.image.resize(norm(cam)[..., None], (16, 16)).numpy()[..., 0]
+    out = to_numpy(attribution_maps([a1, a2], [g1, g2], (16, 16), method="layercam"))
+    np.testing.assert_allclose(out, norm(total), atol=1e-5)
+
+
+def test_unknown_attribution_method():
+    with pytest.raises(ValueError, match="attribution must be one of"):
+        attribution_maps(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)), (2, 2), method="cam")

@@ -8,8 +8,9 @@ from conftest import to_numpy
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel, l2_normalize, supcon_loss
 
 
-def numpy_supcon(z, labels=None, t=0.07, base=0.07, z_pos=None):
-    """The authors' definition, one anchor at a time, float64."""
+def numpy_supcon(z, labels=None, t=0.07, base=0.07, z_pos=None, weights=None):
+    """The authors' definition, one anchor at a time, float64; ``weights``
+    (per image) scale the terms of that image's anchors."""
     b, v, _ = z.shape
     flat = np.concatenate([z[:, i] for i in range(v)]).astype(np.float64)
     pos_flat = flat if z_pos is None else np.concatenate([z_pos[:, i] for i in range(v)]).astype(np.float64)
@@ -21,7 +22,8 @@ def numpy_supcon(z, labels=None, t=0.07, base=0.07, z_pos=None):
         denominator = np.log(sum(np.exp(flat[a] @ flat[k] / t) for k in others))
         positives = [p for p in others if cls[p] == cls[a]]
         log_probs = [flat[a] @ pos_flat[p] / t - denominator for p in positives]
-        losses.append(-(t / base) * np.mean(log_probs))
+        weight = 1.0 if weights is None else weights[a % b]
+        losses.append(-(t / base) * weight * np.mean(log_probs))
     return np.mean(losses)
 
 
@@ -70,7 +72,7 @@ def test_bad_input_is_refused(features):
 
 
 # ------------------------------------------------------------ the trainer
-def small_encoder(seed=0):
+def small_encoder(seed=0, regularizer=None):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
         keras.Input((28, 28, 1)),
@@ -78,7 +80,7 @@ def small_encoder(seed=0):
         keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
         keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(16),
+        keras.layers.Dense(16, kernel_regularizer=regularizer),
     ])
 
 
@@ -109,11 +111,11 @@ def test_one_step_loss_is_the_recipe(views, supcon_positives):
     mask = to_numpy(preview.mask)
     assert mask[:8].any() and not mask[8:].any()  # view 1 masked, view 2 clean
     z_mixed = two(unit(to_numpy(gm.model(to_numpy(preview.images)))))
-    kept = np.mean(1 - mask[:8].mean(axis=(1, 2)))
+    kept = 1 - mask[:8].mean(axis=(1, 2))  # each image's anchors, weighted by view 1's kept area
     expected = 0.7 * numpy_supcon(z, y, t=0.1) + 1.3 * (
-        numpy_supcon(z, t=0.1) + kept * numpy_supcon(z, t=0.1, z_pos=z_mixed))
+        numpy_supcon(z, t=0.1) + numpy_supcon(z, t=0.1, z_pos=z_mixed, weights=kept))
     if supcon_positives:
-        expected += 0.7 * kept * numpy_supcon(z, y, t=0.1, z_pos=z_mixed)
+        expected += 0.7 * numpy_supcon(z, y, t=0.1, z_pos=z_mixed, weights=kept)
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
@@ -140,6 +142,12 @@ def test_contrastive_training_loss_falls_on_real_digits(views):
 def test_contrastive_errors_and_config(views):
     with pytest.raises(ValueError, match="fill='mix'"):
         GradMixContrastive(small_encoder(), "conv2", fill="mix")
+    with pytest.raises(ValueError, match=r"trains with .*'mode': 'paired'.*got \{'mode': 'replace'\}"):
+        GradMixContrastive(small_encoder(), "conv2", mode="replace")
+    gm = GradMixContrastive(small_encoder(), "conv2")
+    gm.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="compile with an optimizer only"):
+        gm.train_on_batch(*[v[:4] for v in views])
     with pytest.raises(ValueError, match="attribution_temperature must be > 0"):
         GradMixContrastive(small_encoder(), "conv2", attribution_temperature=0)
     gm = GradMixContrastive(small_encoder(), "conv2", supcon_positives=True, temperature=0.2)
@@ -147,7 +155,7 @@ def test_contrastive_errors_and_config(views):
     with pytest.raises(ValueError, match=r"two views per image, shape \(batch, 2"):
         gm.train_on_batch(views[0][:4, 0], views[1][:4])
     again = GradMixContrastive.from_config(gm.get_config())
-    assert again.get_config() == gm.get_config() and again.temperature == 0.2
+    assert again.get_config() == gm.get_config() and again.objective.temperature == 0.2
 
 
 def test_supcon_baseline_step_loss_and_training(views):
@@ -165,3 +173,45 @@ def test_supcon_baseline_step_loss_and_training(views):
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     losses = model.fit(x, y, batch_size=64, epochs=3, verbose=0).history["loss"]
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_unmasked_images_add_no_masked_positive_term(views):
+    """During warm-up nothing is masked: the loss is exactly SupConModel's."""
+    x, y = views[0][:16], views[1][:16]
+    options = dict(temperature=0.1, supcon_weight=0.7, ssl_weight=1.3)
+    gm = GradMixContrastive(small_encoder(), "conv2", seed=0, warmup_epochs=1,
+                            supcon_positives=True, **options)
+    gm.compile(optimizer=keras.optimizers.SGD(0.0))
+    baseline = SupConModel(small_encoder(), **options)
+    baseline.compile(optimizer=keras.optimizers.SGD(0.0))
+    for a, b in zip(gm.model.get_weights(), baseline.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    loss = gm.train_on_batch(x, y, return_dict=True)["loss"]
+    assert loss == pytest.approx(baseline.train_on_batch(x, y, return_dict=True)["loss"], rel=1e-6)
+    # Past the warm-up the masked-positive terms count.
+    gm.epoch.assign(1)
+    assert gm.train_on_batch(x, y, return_dict=True)["loss"] > loss + 1e-3
+
+
+def test_evaluate_and_predict_a_compiled_contrastive_model(views):
+    x, y = views[0][:16], views[1][:16]
+    gm = GradMixContrastive(small_encoder(), "conv2", seed=0)
+    gm.compile(optimizer=keras.optimizers.SGD(0.0))
+    baseline = SupConModel(small_encoder())
+    baseline.compile(optimizer=keras.optimizers.SGD(0.0))
+    value = gm.evaluate(x, y, batch_size=16, verbose=0)
+    assert value == pytest.approx(baseline.evaluate(x, y, batch_size=16, verbose=0), rel=1e-6)
+    assert gm.predict(x[:, 0], verbose=0).shape == (16, 16)  # features of single images
+
+
+def test_regularisation_losses_enter_the_contrastive_loss(views):
+    x, y = views[0][:8], views[1][:8]
+    encoder = small_encoder(regularizer=keras.regularizers.L2(1.0))
+    plain = SupConModel(small_encoder())
+    with_reg = SupConModel(encoder)
+    for model in (plain, with_reg):
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    kernel = encoder.layers[-1].kernel
+    penalty = float(np.sum(to_numpy(kernel) ** 2))
+    difference = with_reg.train_on_batch(x, y) - plain.train_on_batch(x, y)
+    assert difference == pytest.approx(penalty, rel=1e-4)

@@ -64,24 +64,25 @@ def test_not_a_keras_model():
 
 
 @pytest.mark.parametrize(
-    "option,value,match",
+    "layer,match",
     [
-        ("mode", "swap", r"mode must be one of \('paired', 'replace'\)"),
-        ("target", "logit", r"target must be one of \('label', 'prediction', 'loss'\)"),
-        ("normalize", "global", r"normalize must be one of \('image', 'batch'\)"),
-        ("fill", "blur", "fill must be 'noise', 'mix' or a number"),
-        ("bn_statistics", "none", r"bn_statistics must be one of \('clean', 'all'\)"),
-        ("mask_area", (0.0, 0.5), "mask_area must satisfy 0 < low <= high < 1"),
-        ("mask_area", (0.3, 1.2), "mask_area must satisfy 0 < low <= high < 1"),
-        ("mask_area", (0.5, 0.2), "mask_area must satisfy 0 < low <= high < 1"),
-        ("alpha", 0.0, "alpha and beta must be > 0"),
-        ("beta", -1.0, "alpha and beta must be > 0"),
-        ("value_range", (1.0, 0.0), "value_range must be"),
+        ([], "at least one layer"),
+        (["conv2", "conv9"], "No layer 'conv9'"),
+        (["conv2", "gap"], "'gap' has output shape"),
     ],
 )
-def test_bad_options(option, value, match):
+def test_bad_layer_lists(layer, match):
     with pytest.raises(ValueError, match=match):
-        GradMixModel(sequential_cnn(), "conv2", **{option: value})
+        GradMixModel(sequential_cnn(), layer)
+
+
+def test_a_functional_layer_that_does_not_reach_the_output():
+    inputs = keras.Input((8, 8, 1))
+    keras.layers.Conv2D(2, 3, name="side")(inputs)  # called on the input, unused
+    h = keras.layers.Conv2D(2, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    with pytest.raises(ValueError, match="'side' .* is called on the inputs of .* does not reach"):
+        GradMixModel(model, "side")
 
 
 # ------------------------------------------------------- at the first step

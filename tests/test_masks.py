@@ -4,7 +4,7 @@ import pytest
 from conftest import xla, to_numpy
 from scipy import stats
 
-from keras_gradmix import box_masks, peak_positions, sample_beta, sample_mask_area
+from keras_gradmix import box_masks, peak_positions, sample_beta, sample_mask_area, threshold_masks
 from keras_gradmix.masks import validate_mask_area
 
 
@@ -102,3 +102,34 @@ def test_fixed_area_is_allowed():
 def test_beta_parameters_must_be_positive():
     with pytest.raises(ValueError, match="alpha and beta must be > 0"):
         sample_beta((2,), 0.0, 1.0)
+
+
+def test_threshold_mask_takes_the_top_pixels():
+    maps = np.arange(20, dtype="float32").reshape(1, 4, 5)[:, ::-1, ::-1].copy()  # peak at (0, 0)
+    mask, masked = threshold_masks(maps, 0.25)  # 5 pixels
+    expected = maps >= 15
+    np.testing.assert_array_equal(to_numpy(mask), expected)
+    np.testing.assert_allclose(to_numpy(masked), [0.25])
+
+
+def test_threshold_mask_breaks_ties_in_raster_order_and_follows_per_sample_areas():
+    maps = np.zeros((2, 3, 4), "float32")
+    maps[1, 2, 3] = 1.0  # a single peak, the rest tied at 0
+    mask, masked = threshold_masks(maps, np.array([0.25, 0.5], "float32"))  # 3 and 6 pixels
+    mask = to_numpy(mask)
+    np.testing.assert_array_equal(mask[0].ravel(), [1, 1, 1] + [0] * 9)
+    np.testing.assert_array_equal(mask[1].ravel(), [1, 1, 1, 1, 1] + [0] * 6 + [1])
+    np.testing.assert_allclose(to_numpy(masked), [3 / 12, 6 / 12])
+
+
+@pytest.mark.parametrize("area", [0.1, 0.23, 0.37, 0.5])
+
+
+def test_threshold_mask_covers_the_area_and_contains_the_peak(area):
+    maps = np.random.default_rng(1).random((6, 13, 17)).astype("float32")
+    mask, _ = threshold_masks(maps, area)
+    mask = to_numpy(mask)
+    counts = mask.sum(axis=(1, 2))
+    assert np.all(np.abs(counts - area * 13 * 17) <= 1)
+    peaks = maps.reshape(6, -1).argmax(axis=1)
+    assert mask.reshape(6, -1)[np.arange(6), peaks].all()

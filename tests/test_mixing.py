@@ -3,7 +3,7 @@ import numpy as np
 from conftest import to_numpy
 import pytest
 
-from keras_gradmix import apply_fill, random_partner
+from keras_gradmix import apply_fill, attribution_share, random_partner
 from keras_gradmix.mixing import validate_fill
 
 
@@ -65,3 +65,10 @@ def test_unknown_fill_is_rejected(bad):
 def test_mix_without_partner_is_rejected():
     with pytest.raises(ValueError, match="partner"):
         apply_fill(np.zeros((1, 2, 2, 1)), np.ones((1, 2, 2), bool), "mix")
+
+
+def test_attribution_share_by_hand():
+    maps = np.array([[[1.0, 3.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]], "float32")
+    mask = np.array([[[True, False], [False, True]], [[True, True], [False, False]]])
+    # image 0: (1 + 4) / 8; image 1 has no mass: counts as uniform -> area 0.5
+    np.testing.assert_allclose(to_numpy(attribution_share(maps, mask)), [5 / 8, 0.5])

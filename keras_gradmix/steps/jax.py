@@ -1,11 +1,12 @@
 """The GradMix train step on the JAX backend: stateless, one jitted function.
 
 Mirrors Keras' built-in JAX ``train_step`` (``stateless_call`` semantics through
-a ``StatelessScope``, loss scaling, ``optimizer.stateless_apply``, metrics
-variables). The attributed layers' outputs get a zero perturbation ``eps``;
-``jax.vjp`` of the clean forward with respect to ``eps`` gives the gradients of
-the score with respect to those outputs, from the same forward that the clean
-loss uses. All GradMix maths lives in backend-agnostic code.
+a ``StatelessScope`` that collects the forward's ``add_loss`` losses, loss
+scaling, ``optimizer.stateless_apply``, metrics variables). The attributed
+layers' outputs get a zero perturbation ``eps``; ``jax.vjp`` of the clean
+forward with respect to ``eps`` gives the gradients of the score with respect
+to those outputs, from the same forward that the clean loss uses. All GradMix
+maths lives in backend-agnostic code.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import jax
 import keras
 from jax.extend.core import Literal
-from keras.src.backend import StatelessScope
+
+from keras_gradmix import compat
 
 
 def _current(scope, variables):
@@ -39,43 +41,49 @@ def _reaches_output(fn, args):
     return [v in used for v in jaxpr.invars]
 
 
+def _forward(gm, state, x, training, tap=None):
+    """``gm(x)`` in its own scope: ``(y_pred, losses, updated state)``, where
+    ``losses`` are the forward's ``add_loss``/regularisation losses."""
+    with keras.StatelessScope(state_mapping=[(v, v.value) for v in state], collect_losses=True) as scope:
+        y_pred = gm(x, training=training)
+        losses = gm.losses
+    return y_pred, losses, _current(scope, state)
+
+
 def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     """Clean forward; gradients of the score w.r.t. the attributed layers.
 
     Runs inside a ``StatelessScope`` holding the current variable values.
     Returns ``(y_pred, clean_loss or None, activations, gradients)``.
     """
-    gm.check_images(x)
     state = gm.trainable_variables + gm.non_trainable_variables
 
     def tapped_forward(eps):
         # Variable updates of this forward (BatchNorm statistics, dropout seeds)
-        # leave jax.vjp as auxiliary values, then enter the enclosing scope.
-        with StatelessScope(state_mapping=[(v, v.value) for v in state]) as scope:
-            perturb = iter(eps) if eps is not None else None
-            on_output = None if perturb is None else (lambda out: out + next(perturb))
-            with gm.tap(on_output=on_output) as tap:
-                y_pred = gm(x, training=training)
-            activations = gm.tapped_activations(tap)
-        return (y_pred, activations), _current(scope, state)
+        # and its losses leave jax.vjp as auxiliary values.
+        perturb = iter(eps) if eps is not None else None
+        on_output = None if perturb is None else (lambda out: out + next(perturb))
+        with gm.tap(on_output=on_output) as tap:
+            y_pred, losses, updated = _forward(gm, state, x, training)
+        activations = gm.tapped_activations(tap, x.shape[1:3])
+        return (y_pred, activations), (updated, losses)
 
     # The shapes of the perturbations, from an abstract evaluation (no compute).
     shapes = jax.eval_shape(lambda: tapped_forward(None)[0][1])
     eps = [jax.numpy.zeros(s.shape, s.dtype) for s in shapes]
     gm.check_reaches_output(_reaches_output(lambda *e: tapped_forward(list(e))[0][0], eps))
-    (y_pred, activations), pullback, updated = jax.vjp(tapped_forward, eps, has_aux=True)
+    (y_pred, activations), pullback, (updated, losses) = jax.vjp(tapped_forward, eps, has_aux=True)
     for variable, value in zip(state, updated):
         variable.assign(value)
 
-    clean_loss = None
-    if need_loss or gm.target == "loss":
-        clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
+    def loss_of(y_pred):
+        with compat.forward_losses(gm, losses):
+            return gm.clean_loss(x, y, y_pred, sample_weight, training)
+
+    clean_loss = loss_of(y_pred) if need_loss else None
 
     def score(y_pred):
-        loss = None
-        if gm.target == "loss":
-            loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
-        return gm.attribution_score(y, y_pred, loss)
+        return gm.attribution_score(y, y_pred, loss_of(y_pred) if gm.options.target == "loss" else None)
 
     # Gradients w.r.t. the activations only: a pullback from the output to the
     # attributed layers; nothing reaches the parameters (stop_gradient below).
@@ -89,10 +97,11 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
     x = jax.numpy.asarray(x)
+    gm.check_step_ready(x, training=False)
     state = gm.trainable_variables + gm.non_trainable_variables
-    with StatelessScope(state_mapping=[(v, v.value) for v in state]):
+    with keras.StatelessScope(state_mapping=[(v, v.value) for v in state]):
         _, _, activations, gradients = _forward_and_attribute(
-            gm, x, y, None, training=False, need_loss=False
+            gm, x, y, None, training=False, need_loss=gm.options.target == "loss"
         )
     return activations, gradients
 
@@ -100,21 +109,25 @@ def attribute(gm, x, y):
 def train_step(gm, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    gm.check_compiled()
-    x = gm.prepare_inputs(x)
+    x = gm.objective.prepare_inputs(x)
+    gm.check_step_ready(x)
 
     def loss_fn(trainable):
         mapping = list(zip(gm.trainable_variables, trainable))
         mapping += list(zip(gm.non_trainable_variables, non_trainable))
         mapping += list(zip(gm.optimizer.variables, optimizer_variables))
-        with StatelessScope(state_mapping=mapping) as scope:
+        with keras.StatelessScope(state_mapping=mapping) as scope:
             y_pred, clean_loss, activations, gradients = _forward_and_attribute(
-                gm, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
+                gm, x, y, sample_weight, training=True, need_loss=gm.needs_clean_loss
             )
             masked = gm.masked_batch(x, activations, gradients)
+            model_state = gm.trainable_variables + gm.non_trainable_variables
             with gm.masked_pass_statistics():
-                y_masked = gm(masked.images, training=True)
-            loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+                y_masked, losses, updated = _forward(gm, model_state, masked.images, True)
+                for variable, value in zip(model_state, updated):
+                    variable.assign(value)
+            with compat.forward_losses(gm, losses):
+                loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
             scaled = gm.optimizer.scale_loss(loss)
         return scaled, (loss, y_pred, _current(scope, gm.non_trainable_variables))
 
@@ -124,7 +137,14 @@ def train_step(gm, state, data):
     trainable, optimizer_variables = gm.optimizer.stateless_apply(
         optimizer_variables, grads, trainable
     )
-    logs, metrics_variables = gm._update_metrics_variables(
-        metrics_variables, loss, x, y, y_pred, sample_weight
-    )
+    logs, metrics_variables = update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight)
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight):
+    """The loss tracker and the compiled metrics, statelessly: ``(logs, values)``."""
+    mapping = list(zip(gm.metrics_variables, metrics_variables))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        compat.loss_tracker(gm).update_state(loss, sample_weight=x.shape[0])
+        logs = gm.compute_metrics(x, y, y_pred, sample_weight)
+    return logs, _current(scope, gm.metrics_variables)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import unscale_loss_for_distribution
+
+from keras_gradmix import compat
 
 
 def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
@@ -18,12 +19,11 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
 
     Returns ``(y_pred, clean_loss or None, activations, gradients)``.
     """
-    gm.check_images(x)
     with gm.tap(on_output=tape.watch) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap)
+    activations = gm.tapped_activations(tap, x.shape[1:3])
     clean_loss = None
-    if need_loss or gm.target == "loss":
+    if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
     score = gm.attribution_score(y, y_pred, clean_loss)
     # Gradients w.r.t. the activations only: nothing reaches the parameters.
@@ -36,30 +36,31 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
     x = tf.convert_to_tensor(x)
+    gm.check_step_ready(x, training=False)
     with tf.GradientTape() as tape:
         _, _, activations, gradients = _forward_and_attribute(
-            gm, tape, x, y, None, training=False, need_loss=False
+            gm, tape, x, y, None, training=False, need_loss=gm.options.target == "loss"
         )
     return activations, gradients
 
 
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    gm.check_compiled()
-    x = gm.prepare_inputs(x)
+    x = gm.objective.prepare_inputs(x)
+    gm.check_step_ready(x)
     # One persistent tape: the clean forward serves both the attribution and,
     # in paired mode, the clean loss; no second clean forward.
     with tf.GradientTape(persistent=True) as tape:
         y_pred, clean_loss, activations, gradients = _forward_and_attribute(
-            gm, tape, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
+            gm, tape, x, y, sample_weight, training=True, need_loss=gm.needs_clean_loss
         )
         with tape.stop_recording():
             masked = gm.masked_batch(x, activations, gradients)
         with gm.masked_pass_statistics():
             y_masked = gm(masked.images, training=True)
         loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
-        gm._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
+        compat.loss_tracker(gm).update_state(
+            compat.unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
         )
         if gm.optimizer is not None:
             loss = gm.optimizer.scale_loss(loss)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import torch
 
+from keras_gradmix import compat
+
 
 def _require_grad(output):
     # The output of a layer with nothing trainable before it is a leaf:
@@ -25,12 +27,11 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     Returns ``(y_pred, clean_loss or None, activations, gradients)``; the
     graph of ``y_pred`` and ``clean_loss`` is kept.
     """
-    gm.check_images(x)
     with gm.tap(on_output=_require_grad) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap)
+    activations = gm.tapped_activations(tap, x.shape[1:3])
     clean_loss = None
-    if need_loss or gm.target == "loss":
+    if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
     score = gm.attribution_score(y, y_pred, clean_loss)
     gradients = torch.autograd.grad(score, activations, retain_graph=True, allow_unused=True)
@@ -42,26 +43,27 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
 def attribute(gm, x, y):
     """Activations and score gradients of the attributed layers, inference mode."""
     x = keras.ops.convert_to_tensor(x)
+    gm.check_step_ready(x, training=False)
     _, _, activations, gradients = _forward_and_attribute(
-        gm, x, y, None, training=False, need_loss=False
+        gm, x, y, None, training=False, need_loss=gm.options.target == "loss"
     )
     return activations, gradients
 
 
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    gm.check_compiled()
-    x = gm.prepare_inputs(x)
+    x = gm.objective.prepare_inputs(x)
+    gm.check_step_ready(x)
     gm.zero_grad()
     y_pred, clean_loss, activations, gradients = _forward_and_attribute(
-        gm, x, y, sample_weight, training=True, need_loss=gm.mode == "paired"
+        gm, x, y, sample_weight, training=True, need_loss=gm.needs_clean_loss
     )
     with torch.no_grad():
         masked = gm.masked_batch(x, activations, gradients)
     with gm.masked_pass_statistics():
         y_masked = gm(masked.images, training=True)
     loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
-    gm._loss_tracker.update_state(loss, sample_weight=x.shape[0])
+    compat.loss_tracker(gm).update_state(loss, sample_weight=x.shape[0])
     if gm.optimizer is not None:
         loss = gm.optimizer.scale_loss(loss)
 

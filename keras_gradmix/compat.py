@@ -1,0 +1,101 @@
+"""Every use of Keras' private API, in one place.
+
+GradMix's step mirrors Keras' built-in ``train_step`` on each backend, which
+needs a few things Keras does not export: the compiled loss without the
+regularisation losses, the loss tracker, the forward-pass losses of a stateless
+JAX call, the child layers of a plain layer and the consumers of a functional
+graph's tensors. They are reached only through this module, whose supported
+Keras range is ``KERAS_RANGE`` (also in ``pyproject.toml``); CI runs the
+TensorFlow suite on the lowest and the newest version of that range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+
+# Lowest supported Keras: CI tests it beside the newest (Makefile `test-keras-min`).
+KERAS_MIN = "3.10.0"
+KERAS_RANGE = f">={KERAS_MIN},<4"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+if _version(keras.__version__) < _version(KERAS_MIN):
+    raise ImportError(
+        f"keras_gradmix needs Keras {KERAS_RANGE}; this is Keras {keras.__version__}. "
+        f"Upgrade with: pip install -U 'keras{KERAS_RANGE}'."
+    )
+
+
+def has_compiled_loss(model) -> bool:
+    """Whether ``compile()`` was given a loss."""
+    return getattr(model, "_compile_loss", None) is not None
+
+
+def compiled_loss(model, y, y_pred, sample_weight=None):
+    """The loss given to ``compile()`` alone, without regularisation losses."""
+    return model._compile_loss(y, y_pred, sample_weight)
+
+
+def loss_tracker(model):
+    """The ``Mean`` metric behind the ``"loss"`` log."""
+    return model._loss_tracker
+
+
+def unscale_loss_for_distribution(loss):
+    """The loss as logged under ``tf.distribute`` (Keras' losses divide by replicas)."""
+    from keras.src.losses.loss import unscale_loss_for_distribution as unscale
+
+    return unscale(loss)
+
+
+@contextlib.contextmanager
+def forward_losses(model, losses):
+    """``model.losses`` returns ``losses`` (the ``add_loss``/activity losses a
+    stateless JAX forward collected) inside the block, as Keras' JAX step does."""
+    if not losses:
+        yield
+        return
+    saved = model._losses_override
+    model._losses_override = list(losses)
+    try:
+        yield
+    finally:
+        model._losses_override = saved
+
+
+def child_layers(layer) -> list:
+    """Direct sub-layers of any layer or model (``Model.layers`` for all)."""
+    return [
+        child
+        for child in layer._flatten_layers(include_self=False, recursive=False)
+        if not isinstance(child, keras.layers.InputLayer)
+    ]
+
+
+def all_layers(layer) -> list:
+    """``layer`` and every layer inside it, recursively."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def graph_layers_from_inputs(model) -> list:
+    """Every layer a functional model's inputs flow into, whether or not it
+    reaches the outputs (``model.layers`` lists only those that do)."""
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):  # subclassed: no graph
+        return []
+    seen, found = set(), []
+    stack = [t._keras_history.operation for t in inputs if hasattr(t, "_keras_history")]
+    while stack:
+        operation = stack.pop()
+        if id(operation) in seen:
+            continue
+        seen.add(id(operation))
+        found.append(operation)
+        stack.extend(node.operation for node in getattr(operation, "_outbound_nodes", []))
+    return [op for op in found if isinstance(op, keras.layers.Layer)]

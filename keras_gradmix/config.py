@@ -1,0 +1,169 @@
+"""GradMix's options: one frozen, validated, serialisable object."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+from keras_gradmix import attribution, masks, mixing
+
+MODES = ("paired", "replace")
+BN_STATISTICS = ("clean", "all")
+AREA_SAMPLING = ("batch", "sample")
+LABEL_MODES = ("area", "attribution")
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def _fraction(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def _epochs(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def _value_range(value) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not low < high:
+        raise ValueError(
+            f"value_range must be (low, high) with low < high, the range of the "
+            f"input images, got {value!r}. Example: value_range=(0, 255)."
+        )
+    return low, high
+
+
+def _seed(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ValueError(f"seed must be an int or None, got {value!r}.")
+    return None if value is None else int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradMixConfig:
+    """Every option of GradMix, checked when it is made.
+
+    ``GradMixModel(model, layer, **options)`` builds one from its keyword
+    arguments (``gm.options``); it is saved with the model.
+
+    Attributes:
+        attribution: ``"gradcam"``, ``"layercam"`` (``sum_c A * ReLU(grad)``,
+            the reference code's form) or ``"gradcam++"``.
+        mode: ``"paired"`` (paper): ``loss = L(clean) + w * L(masked)``, with
+            ``w`` the kept-area fraction per sample; ``"replace"``: train on
+            the masked batch only.
+        target: score whose gradient is attributed: ``"label"`` (output at
+            the true class), ``"prediction"`` (at the arg-max class) or
+            ``"loss"`` (the clean loss, as the reference code; highlights what
+            raises it).
+        normalize: ``"image"`` (each map to [0, 1]) or ``"batch"`` (one
+            min-max over the batch, as the reference code).
+        mask: ``"box"``: a box with the image's aspect ratio centred on the
+            map's peak, clipped at the border; ``"threshold"``: the
+            highest-attribution pixels covering the sampled area.
+        mask_area: ``(low, high)`` range of the masked fraction of the image.
+        alpha, beta: the masked fraction is ``high - (high - low) * u`` with
+            ``u ~ Beta(alpha, beta)``, i.e. the paper's
+            ``lam = 0.5 + 0.4 * Beta(alpha, beta)`` for the default range.
+        area_sampling: ``"batch"``: one area per batch (reference code);
+            ``"sample"``: one per image.
+        fill: ``"noise"`` (uniform in ``value_range``, one value per pixel
+            shared by channels, as the paper's code), ``"mix"`` (the box of a
+            partner image from the shuffled batch; labels mixed by area) or a
+            number (a constant).
+        label_mode: weight of each masked image's own label (and, with
+            ``fill="mix"``, of its partner's): ``"area"``, the kept (pasted)
+            area fraction; ``"attribution"``, the kept (pasted) share of the
+            attribution mass, as SnapMix.
+        probability: each sample is masked with this probability; the others
+            stay clean (in paired mode their masked term gets weight 0). An
+            image whose map is flat (no positive attribution) stays clean too.
+        warmup_epochs: no masking during the first ``k`` epochs of ``fit``
+            (the attribution of an untrained model is noise); fed to the
+            compiled step through a variable, so it is not retraced.
+        value_range: ``(low, high)`` of the input images, used for the noise.
+        bn_statistics: ``"clean"``: BatchNorm running statistics are updated
+            once per step, from the clean batch (the masked pass uses its own
+            batch statistics, its moving-average updates are discarded);
+            ``"all"``: every pass updates them, as the reference code.
+        seed: int for reproducible masks (one backend reproduces its own run).
+
+    Example:
+
+    ```python
+    from keras_gradmix import GradMixConfig
+    options = GradMixConfig(attribution="layercam", mask_area=(0.2, 0.4))
+    options.replace(mode="replace").get_config()["mode"]   # 'replace'
+    ```
+    """
+
+    attribution: str = "gradcam"
+    mode: str = "paired"
+    target: str = "label"
+    normalize: str = "image"
+    mask: str = "box"
+    mask_area: tuple[float, float] = (0.1, 0.5)
+    alpha: float = 1.0
+    beta: float = 1.0
+    area_sampling: str = "batch"
+    fill: Any = "noise"
+    label_mode: str = "area"
+    probability: float = 1.0
+    warmup_epochs: int = 0
+    value_range: tuple[float, float] = (0.0, 1.0)
+    bn_statistics: str = "clean"
+    seed: int | None = None
+
+    def __post_init__(self):
+        checked = dict(
+            attribution=check_choice("attribution", self.attribution, tuple(attribution.METHODS)),
+            mode=check_choice("mode", self.mode, MODES),
+            target=check_choice("target", self.target, attribution.TARGETS),
+            normalize=check_choice("normalize", self.normalize, attribution.NORMALIZATIONS),
+            mask=check_choice("mask", self.mask, tuple(masks.MASKS)),
+            mask_area=masks.validate_mask_area(self.mask_area),
+            area_sampling=check_choice("area_sampling", self.area_sampling, AREA_SAMPLING),
+            fill=mixing.validate_fill(self.fill),
+            label_mode=check_choice("label_mode", self.label_mode, LABEL_MODES),
+            probability=_fraction("probability", self.probability),
+            warmup_epochs=_epochs("warmup_epochs", self.warmup_epochs),
+            value_range=_value_range(self.value_range),
+            bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
+            seed=_seed(self.seed),
+        )
+        checked["alpha"], checked["beta"] = masks.validate_beta(self.alpha, self.beta)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes) -> "GradMixConfig":
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> dict:
+        """Plain, JSON-friendly values (pairs as lists)."""
+        config = dataclasses.asdict(self)
+        for name in ("mask_area", "value_range"):
+            config[name] = list(config[name])
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GradMixConfig":
+        return cls(**config)
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
