@@ -20,26 +20,26 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from quickstart import load_digits, small_cnn  # noqa: E402
 
 from keras_gradmix import GradMixModel  # noqa: E402
+from keras_gradmix.data import mnist_digits  # noqa: E402
+from keras_gradmix.zoo import small_cnn  # noqa: E402
 
 METHODS = ("gradcam", "layercam", "gradcam++")
 TARGETS = ("label", "loss")
 
 
 def flat_shares(gm, x, y):
-    shares = {}
+    shares, options = {}, gm.options
     for method in METHODS:
         for target in TARGETS:
-            gm.attribution, gm.target = method, target
+            gm.options = options.replace(attribution=method, target=target)
             maps = np.asarray(gm.preview(x, y).maps).reshape(len(x), -1)
             shares[f"{method}/{target}"] = float(np.mean(maps.max(1) == maps.min(1)))
-    gm.attribution, gm.target = "gradcam", "label"
+    gm.options = options
     return shares
 
 
@@ -49,8 +49,8 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
 
-    (x_train, y_train), (x_test, y_test) = load_digits(0)
-    x_test, y_test = x_test[:500], y_test[:500]
+    x, y = mnist_digits(seed=0)
+    (x_train, y_train), (x_test, y_test) = (x[:4000], y[:4000]), (x[4000:4500], y[4000:4500])
     gm = GradMixModel(small_cnn(0), "conv2", seed=0)
     gm.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rows = [{"epoch": 0, **flat_shares(gm, x_test, y_test)}]

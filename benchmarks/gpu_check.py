@@ -27,110 +27,21 @@ from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "jax"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from cifar10_resnet18 import resnet18  # noqa: E402
+from baselines import CutMix, ReferenceStyle  # noqa: E402
 from timing import interleaved, summary  # noqa: E402
 
-from keras.src.backend import StatelessScope  # noqa: E402
-
-from keras_gradmix import GradMixModel, masks, mixing  # noqa: E402
-from keras_gradmix.attribution import target_scores  # noqa: E402
+from keras_gradmix import GradMixModel  # noqa: E402
+from keras_gradmix.zoo import resnet18  # noqa: E402
 
 CLASSES = 10
 GRADMIX = dict(layer=["layer3", "layer4"], attribution="layercam", seed=0)
 VARIANTS = ("forward", "forward-train", "plain", "cutmix-paired", "gradmix-replace",
             "gradmix-paired", "reference-style")
-
-
-class CutMixPaired(keras.Model):
-    """The clean batch plus a CutMix batch (random box centre, Uniform(10-50 %)
-    area, partner's pixels and label mixed by area): Keras' own step, with the
-    CutMix term added in ``compute_loss``, so it runs on any backend."""
-
-    def __init__(self, model, seed=0):
-        super().__init__()
-        self.model = model
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=None):
-        return self.model(x, training=training)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
-        if not training:
-            return loss
-        centres = keras.random.uniform(x.shape[:3], seed=self.seed_generator)
-        area = keras.random.uniform((), 0.1, 0.5, seed=self.seed_generator)
-        mask, pasted = masks.box_masks(centres, area)
-        partner = mixing.random_partner(x.shape[0], seed=self.seed_generator)
-        y_mix = self(mixing.apply_fill(x, mask, "mix", partner=partner), training=True)
-        loss = loss + self._compile_loss(y, y_mix, 1.0 - pasted)
-        return loss + self._compile_loss(keras.ops.take(y, partner, axis=0), y_mix, pasted)
-
-
-class ReferenceStyle(GradMixModel):
-    """Paired GradMix with the reference code's cost: the attribution comes from
-    a separate clean forward and a backward through every weight (their
-    ``L_a.backward()``); the training pass then forwards the clean batch again."""
-
-    def train_step(self, state, data):
-        trainable, non_trainable, optimizer_variables, metrics_variables = state
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-
-        def mapping(trainable, non_trainable):
-            return (list(zip(self.trainable_variables, trainable))
-                    + list(zip(self.non_trainable_variables, non_trainable))
-                    + list(zip(self.optimizer.variables, optimizer_variables)))
-
-        def updated(scope):
-            return [scope.get_current_value(v) if scope.get_current_value(v) is not None
-                    else v.value for v in self.non_trainable_variables]
-
-        def attribution_pass(trainable, eps):
-            with StatelessScope(state_mapping=mapping(trainable, non_trainable)) as scope:
-                perturb = iter(eps)
-                with self.tap(on_output=lambda out: out + next(perturb)) as tap:
-                    y_pred = self(x, training=True)
-                score = keras.ops.sum(target_scores(self.labels_as_onehot(y, y_pred), y_pred, "label"))
-            return score, (self.tapped_activations(tap), updated(scope))
-
-        eps = [jax.numpy.zeros(s, "float32") for s in self._activation_shapes(x)]
-        (weight_grads, act_grads), (activations, non_trainable) = jax.grad(
-            attribution_pass, argnums=(0, 1), has_aux=True)(trainable, eps)
-
-        def loss_fn(trainable):
-            with StatelessScope(state_mapping=mapping(trainable, non_trainable)) as scope:
-                masked = self.masked_batch(x, activations, act_grads)
-                y_pred = self(x, training=True)
-                clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-                with self.masked_pass_statistics():
-                    y_masked = self(masked.images, training=True)
-                loss = self.gradmix_loss(x, y, y_pred, clean_loss, y_masked, None, masked)
-            return loss, (y_pred, updated(scope))
-
-        (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        trainable, optimizer_variables = self.optimizer.stateless_apply(
-            optimizer_variables, grads, trainable)
-        logs, metrics_variables = self._update_metrics_variables(
-            metrics_variables, loss, x, y, y_pred, None)
-        # The reference zeroes these gradients; returning their norm keeps XLA
-        # from pruning the backward it pays for.
-        logs["attribution_grad_norm"] = jax.numpy.sqrt(sum(jax.numpy.sum(g * g) for g in weight_grads))
-        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
-
-    def _activation_shapes(self, x):
-        def forward():
-            with StatelessScope():  # abstract, and its variable updates dropped
-                with self.tap() as tap:
-                    self(x, training=True)
-                return self.tapped_activations(tap)
-
-        return [a.shape for a in jax.eval_shape(forward)]
 
 
 def batch(size, seed=0):
@@ -212,7 +123,7 @@ def make_variant(variant, x, y, width):
         return (lambda: compiled(trainable, non_trainable, xs).block_until_ready()), memory_bytes(compiled)
     trainer = {
         "plain": lambda: model,
-        "cutmix-paired": lambda: CutMixPaired(model),
+        "cutmix-paired": lambda: CutMix(model, paired=True),
         "gradmix-replace": lambda: GradMixModel(model, mode="replace", **GRADMIX),
         "gradmix-paired": lambda: GradMixModel(model, mode="paired", **GRADMIX),
         "reference-style": lambda: ReferenceStyle(model, mode="paired", **GRADMIX),

@@ -38,18 +38,16 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from cifar10_resnet18 import resnet18  # noqa: E402
-from quickstart import small_cnn  # noqa: E402
+from baselines import CutMix, ReferenceStyle  # noqa: E402
 from timing import interleaved, summary  # noqa: E402
 
-from keras_gradmix import GradMixModel, masks, mixing  # noqa: E402
-from keras_gradmix.attribution import target_scores  # noqa: E402
+from keras_gradmix import GradMixModel  # noqa: E402
 from keras_gradmix.steps.tensorflow import _forward_and_attribute  # noqa: E402
+from keras_gradmix.zoo import resnet18, small_cnn  # noqa: E402
 
 VARIANTS = (
     "forward", "forward-train", "attribute", "plain", "cutmix-replace", "cutmix-paired",
@@ -62,71 +60,6 @@ MODELS = {
                  dict(layer=["layer3", "layer4"], attribution="layercam")),
 }
 CLASSES = 10
-
-
-class CutMix(keras.Model):
-    """CutMix in the step (the baseline GradMix is held to): a box of random
-    centre and Uniform(10-50 %) area pasted from a partner, labels mixed by area;
-    ``paired`` also trains on the clean batch. Built from the same maths as
-    GradMix (a box around the peak of a random map), so the two steps differ by
-    the attribution only."""
-
-    def __init__(self, model, paired, seed=0):
-        super().__init__()
-        self.model, self.paired = model, paired
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=None):
-        return self.model(x, training=training)
-
-    def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        batch = tf.shape(x)[0]
-        centres = keras.random.uniform(tf.shape(x)[:3], seed=self.seed_generator)
-        area = keras.random.uniform((), 0.1, 0.5, seed=self.seed_generator)
-        mask, pasted = masks.box_masks(centres, area)
-        partner = mixing.random_partner(batch, seed=self.seed_generator)
-        images = mixing.apply_fill(x, mask, "mix", partner=partner)
-        with tf.GradientTape() as tape:
-            loss = 0.0
-            if self.paired:
-                loss = self._compute_loss(x=x, y=y, y_pred=self(x, training=True), training=True)
-            y_mix = self(images, training=True)
-            loss += self._compile_loss(y, y_mix, 1.0 - pasted)
-            loss += self._compile_loss(tf.gather(y, partner), y_mix, pasted)
-        self._loss_tracker.update_state(loss)
-        weights = self.trainable_weights
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        return {"loss": self._loss_tracker.result()}
-
-
-class ReferenceStyle(GradMixModel):
-    """Paired GradMix with the reference code's cost: the attribution comes
-    from a separate clean forward and a backward through every weight (their
-    ``L_a.backward()``); the training pass then forwards the clean batch again."""
-
-    def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            with self.tap(on_output=tape.watch) as tap:
-                y_pred = self(x, training=True)
-            activations = self.tapped_activations(tap)
-            score = tf.reduce_sum(target_scores(self.labels_as_onehot(y, y_pred), y_pred, "label"))
-        gradients = tape.gradient(score, activations + self.trainable_weights)
-        maps_grads, weight_grads = gradients[: len(activations)], gradients[len(activations):]
-        masked = self.masked_batch(x, activations, maps_grads)
-        with tf.GradientTape() as tape:
-            y_clean = self(x, training=True)
-            clean_loss = self._compute_loss(x=x, y=y, y_pred=y_clean, training=True)
-            with self.masked_pass_statistics():
-                y_masked = self(masked.images, training=True)
-            loss = self.gradmix_loss(x, y, y_clean, clean_loss, y_masked, None, masked)
-        self._loss_tracker.update_state(loss)
-        weights = self.trainable_weights
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        # The reference zeroes these gradients; returning their norm keeps the
-        # graph optimiser from pruning the backward it pays for.
-        return {"loss": self._loss_tracker.result(), "attribution_grad_norm": tf.linalg.global_norm(weight_grads)}
 
 
 def attribute_clean(gm, x, y):

@@ -16,7 +16,6 @@ Cross-entropy training, not the authors' supervised-contrastive recipe.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -25,39 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_gradmix import GradMixModel, MaskPreview  # noqa: E402
-from keras_gradmix.data import OSRData, load_osr_split  # noqa: E402
+from keras_gradmix.experiments import cifar10_split  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
-
-layers = keras.layers
-
-
-def basic_block(x, filters: int, stride: int, name: str):
-    shortcut = x
-    y = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
-    if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    return layers.Add(name=f"{name}_add")([y, shortcut])
-
-
-def resnet18(input_shape=(32, 32, 3), classes: int = 6, width: int = 64) -> keras.Model:
-    """CIFAR-style ResNet-18; each stage's output is the layer named ``layer1``..``layer4``."""
-    inputs = keras.Input(input_shape)
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
-    for stage, (multiplier, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
-        for block in range(2):
-            x = basic_block(x, width * multiplier, stride if block == 0 else 1,
-                            f"layer{stage}_block{block}")
-            # Block output after the residual add: named like the authors' stages.
-            x = layers.ReLU(name=f"layer{stage}" if block == 1 else f"layer{stage}_block0_out")(x)
-    x = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="resnet18")
-
+from keras_gradmix.zoo import resnet18  # noqa: E402
 
 def augment(x, y):
     import tensorflow as tf  # the data pipeline only: resnet18() needs no TensorFlow
@@ -65,27 +34,6 @@ def augment(x, y):
     x = tf.image.resize_with_crop_or_pad(x, 40, 40)
     x = tf.image.random_crop(x, tf.concat([tf.shape(x)[:1], [32, 32, 3]], axis=0))
     return tf.image.random_flip_left_right(x), y
-
-
-@contextlib.contextmanager
-def cifar10_split(args):
-    """The CIFAR-10 open-set split ``args.split``, as ``(data, evaluation,
-    steps, steps_per_epoch)``: ``data`` from :func:`load_osr_split`,
-    ``evaluation`` the same three datasets for the evaluation callbacks,
-    ``steps`` for ``fit`` (None: whole epochs). With ``args.smoke``: tfds mock
-    data (offline), width 8, batch 16, one epoch of 2 steps, evaluation on 2
-    batches after every epoch (``args`` is updated)."""
-    steps, mock = None, contextlib.nullcontext()
-    if args.smoke:
-        import tensorflow_datasets as tfds
-
-        mock = tfds.testing.mock_data(num_examples=64)
-        args.epochs, args.width, args.batch_size, args.eval_every, steps = 1, 8, 16, 1, 2
-    with mock:
-        data = load_osr_split("cifar10", args.split, batch_size=args.batch_size,
-                              data_dir=args.data_dir)
-        evaluation = OSRData(*(d.take(2) for d in data)) if args.smoke else data
-        yield data, evaluation, steps, steps or sum(1 for _ in data.known_train)
 
 
 def main(argv=None):

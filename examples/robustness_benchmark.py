@@ -1,6 +1,6 @@
 """OOD detection and corruption robustness on Fashion-MNIST: plain vs CutMix, MixUp, GradMix.
 
-Each method trains the lean CNN of ``osr_benchmark.py`` (same schedule: Adam,
+Each method trains the lean CNN (``keras_gradmix.zoo.lean_cnn``) (same schedule: Adam,
 cosine decay to 0, batch 128) on all 10 Fashion-MNIST classes, then:
 
 - OOD detection (:func:`keras_gradmix.osr.evaluate_ood`): in-distribution =
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -36,10 +35,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from osr_benchmark import GRADMIX, cached_run, parse_methods, train  # noqa: E402
-
 from keras_gradmix.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise  # noqa: E402
+from keras_gradmix.experiments import GRADMIX, cached_run, machine, parse_methods, train  # noqa: E402
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
 from keras_gradmix.tables import mean_std, to_csv, to_markdown  # noqa: E402
@@ -169,7 +167,7 @@ def main(argv=None):
         "methods": methods, "seeds": seeds, "epochs": epochs,
         "train_images": len(data["train"][0]), "test_images": len(data["test"][0]),
         "keras": keras.__version__, "tensorflow": tf.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine(),
     }
     setup = (
         f"Seeds {seeds}; mean ± std over seeds. Model: the lean CNN of `osr_benchmark.py` "

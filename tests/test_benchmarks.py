@@ -6,13 +6,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from conftest import to_numpy
 import pytest
+from conftest import to_numpy
+
+from keras_gradmix.zoo import small_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 if keras.backend.backend() != "tensorflow":
     pytest.skip("benchmarks/step_cost.py measures TensorFlow steps", allow_module_level=True)
+import baselines  # noqa: E402
 import step_cost  # noqa: E402
 
 
@@ -54,8 +57,8 @@ def test_reference_style_step_trains_exactly_like_gradmix_paired(mnist):
     options = dict(layer="conv2", attribution="layercam", mode="paired", seed=3)
     _, shape, _ = step_cost.MODELS["small_cnn"]
     assert x.shape[1:] == shape
-    fused = train_one_step(GradMixModel(step_cost.small_cnn(0), **options), x, y)
-    reference = train_one_step(step_cost.ReferenceStyle(step_cost.small_cnn(0), **options), x, y)
+    fused = train_one_step(GradMixModel(small_cnn(0), **options), x, y)
+    reference = train_one_step(baselines.ReferenceStyle(small_cnn(0), **options), x, y)
     assert reference[0] == pytest.approx(fused[0], rel=1e-5)
     for a, b in zip(reference[1], fused[1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -66,8 +69,8 @@ def test_cutmix_baseline_loss_is_the_area_mixed_loss_of_the_pasted_batch(mnist, 
     from keras_gradmix import masks, mixing
 
     x, y = mnist[0][:16], mnist[1][:16]
-    model = step_cost.small_cnn(0)
-    cutmix = step_cost.CutMix(model, paired=paired, seed=5)
+    model = small_cnn(0)
+    cutmix = baselines.CutMix(model, paired=paired, seed=5)
     cutmix.compile(optimizer=keras.optimizers.SGD(0.0),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     loss = cutmix.train_on_batch(x, y)

@@ -69,10 +69,6 @@ def test_osr_benchmark_resumes_and_writes_the_summary(tmp_path, capsys):
 def test_cifar10_resnet18_smoke(tmp_path):
     import cifar10_resnet18
 
-    model = cifar10_resnet18.resnet18()
-    assert model.count_params() == 11_181_510  # CIFAR ResNet-18, 6-class head
-    assert [tuple(model.get_layer(f"layer{i}").output.shape[1:3]) for i in (1, 2, 3, 4)] == [
-        (32, 32), (16, 16), (8, 8), (4, 4)]
     history = cifar10_resnet18.main(["--smoke", "--out", str(tmp_path)])
     assert np.isfinite(history.history["loss"]).all()
     assert "val_osr_auroc_mls" in history.history

