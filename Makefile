@@ -8,7 +8,11 @@ BACKENDS ?= tensorflow jax torch
 # The PyTorch CPU build (a plain `torch` requirement pulls a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test demo clean
+# The lowest Keras the package supports (keras_gradmix/compat.py): `make test-keras-min`
+# runs the TensorFlow suite on it, installed beside the newest in .keras-min/.
+KERAS_MIN := $(shell sed -n 's/^KERAS_MIN = "\(.*\)"/\1/p' keras_gradmix/compat.py)
+
+.PHONY: venv test test-keras-min demo clean
 
 venv: $(VENV)/.installed
 
@@ -24,8 +28,13 @@ test: venv
 		KERAS_BACKEND=$$backend $(PY) -m pytest -q tests || exit 1; \
 	done
 
+test-keras-min: venv
+	$(PY) -m pip install --quiet --no-deps --upgrade --target .keras-min "keras==$(KERAS_MIN)"
+	@echo "== KERAS_BACKEND=tensorflow, keras $(KERAS_MIN)"
+	PYTHONPATH=.keras-min KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+
 demo: venv
 	KERAS_BACKEND=tensorflow $(PY) examples/quickstart.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .keras-min build *.egg-info .pytest_cache
