@@ -78,3 +78,39 @@ def to_csv(rows: Sequence[Mapping], path: str | None = None,
         with open(path, "w", newline="") as f:
             f.write(text)
     return text
+
+
+def paired_differences(rows: Sequence[Mapping], value: str, baseline: str, by: str = "method",
+                       pair: Sequence[str] = ("split", "seed"), confidence: float = 0.95) -> list[dict]:
+    """Each group's per-pair difference to ``baseline`` on the same ``pair``
+    keys (e.g. the same split and seed): ``value(group) - value(baseline)``.
+
+    One row per group other than the baseline (first-seen order): ``by``,
+    ``pairs`` (pairs found in both), ``diff`` (mean difference), ``ci_low`` and
+    ``ci_high`` (a t-interval at ``confidence`` over the pairs: mean ±
+    t(n-1) · sd / sqrt(n), sd with n - 1; None for fewer than two pairs) and
+    ``wins`` (pairs where the group is higher).
+
+    Example:
+        >>> rows = [{"method": m, "split": 0, "seed": s, "auroc": a} for m, s, a in
+        ...         [("plain", 0, .60), ("plain", 1, .62), ("gm", 0, .63), ("gm", 1, .64)]]
+        >>> [round(r["diff"], 3) for r in paired_differences(rows, "auroc", "plain")]
+        [0.025]
+    """
+    from scipy import stats
+
+    def key(row):
+        return tuple(row[k] for k in pair)
+
+    base = {key(r): r[value] for r in rows if r[by] == baseline}
+    out = []
+    for group in dict.fromkeys(r[by] for r in rows if r[by] != baseline):
+        diffs = np.array([r[value] - base[key(r)] for r in rows
+                          if r[by] == group and key(r) in base], dtype=np.float64)
+        row = {by: group, "pairs": len(diffs), "diff": float(diffs.mean()) if len(diffs) else None,
+               "ci_low": None, "ci_high": None, "wins": int((diffs > 0).sum())}
+        if len(diffs) >= 2:
+            half = stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+            row["ci_low"], row["ci_high"] = float(diffs.mean() - half), float(diffs.mean() + half)
+        out.append(row)
+    return out

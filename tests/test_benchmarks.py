@@ -42,6 +42,21 @@ def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
     assert "| t_gradmix_paired / t_cutmix_paired |" in text and "keras " + keras.__version__ in text
 
 
+def test_gpu_check_smoke_on_the_jax_cpu(tmp_path):
+    """benchmarks/gpu_check.py needs JAX, not a GPU: its --smoke runs here."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                    "--out", str(tmp_path)], check=True, env=env, capture_output=True, timeout=600)
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["check"]["mask_pixels_differing"] == 0 and result["check"]["loss_rel_diff"] == 0
+    assert set(result["timing"]["median_ms"]) == {
+        "forward", "forward-train", "plain", "cutmix-paired", "gradmix-replace", "gradmix-paired",
+        "reference-style"}
+
+
 def train_one_step(trainer, x, y):
     trainer.compile(optimizer=keras.optimizers.SGD(0.1),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -133,3 +133,24 @@ def test_robustness_benchmark_smoke_writes_both_summaries_and_resumes(tmp_path, 
     again = robustness_benchmark.main(args)  # resumes: nothing is trained again
     assert capsys.readouterr().out.count("skip ") == 4
     assert [r["ood"] for r in again] == [r["ood"] for r in runs]
+
+
+def test_sensitivity_study_smoke_pairs_every_cell_with_plain(tmp_path):
+    import sensitivity_study
+
+    args = ["--smoke", "--splits", "0", "--seeds", "0,1", "--out", str(tmp_path / "runs"),
+            "--summary", str(tmp_path / "sensitivity.md")]
+    runs = sensitivity_study.main(args)
+    assert sorted({r["cell"] for r in runs}) == sorted(
+        ["plain", "cutmix", "gradmix", "masked area: 5-25 %"])
+    assert {r["options"].get("mask_area") for r in runs if r["cell"].startswith("masked")} == {(0.05, 0.25)}
+    text = (tmp_path / "sensitivity.md").read_text()
+    gradmix = [r for r in runs if r["cell"] == "gradmix"]
+    plain = {r["seed"]: r for r in runs if r["cell"] == "plain"}
+    diffs = [100 * (r["results"]["mls"]["auroc"] - plain[r["seed"]]["results"]["mls"]["auroc"])
+             for r in gradmix]
+    assert f"| {np.mean(diffs):+.2f} [" in text.split("| gradmix |")[1].splitlines()[0]
+    assert (tmp_path / "sensitivity.png").stat().st_size > 1000
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 8
+    again = sensitivity_study.main(args)  # resumes from the per-run files
+    assert [r["results"] for r in again] == [r["results"] for r in runs]

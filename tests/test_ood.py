@@ -1,8 +1,4 @@
-"""evaluate_ood, the synthetic OOD sets and the table writers, against
-independent NumPy computations."""
-
-import csv
-import io
+"""evaluate_ood and the synthetic OOD sets, against independent NumPy computations."""
 
 import keras
 import numpy as np
@@ -10,7 +6,6 @@ import pytest
 
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise
 from keras_gradmix.osr import evaluate_ood, evaluate_open_set, knn, mahalanobis
-from keras_gradmix.tables import mean_std, to_csv, to_markdown
 
 
 def mlp(seed=0):
@@ -134,41 +129,3 @@ def test_load_arrays():
     assert digits["x_train"].dtype == np.uint8
     with pytest.raises(ValueError, match="load_arrays knows 'fashion_mnist' and 'mnist5k'"):
         load_arrays("cifar10")
-
-
-ROWS = [{"method": "plain", "seed": 0, "auroc": 0.5},
-        {"method": "gradmix", "seed": 0, "auroc": 0.75},
-        {"method": "plain", "seed": 1, "auroc": 0.7, "extra": "x"}]
-
-
-def test_mean_std_groups_in_first_seen_order():
-    out = mean_std(ROWS, by=["method"], values=["auroc"])
-    assert out == [{"method": "plain", "runs": 2, "auroc": pytest.approx(0.6),
-                    "auroc_std": pytest.approx(0.1)},
-                   {"method": "gradmix", "runs": 1, "auroc": 0.75, "auroc_std": 0.0}]
-
-
-def test_markdown_and_csv():
-    assert to_markdown(ROWS, formats={"auroc": "{:.1%}"}) == "\n".join([
-        "| method | seed | auroc | extra |",
-        "|---|---|---|---|",
-        "| plain | 0 | 50.0% | – |",
-        "| gradmix | 0 | 75.0% | – |",
-        "| plain | 1 | 70.0% | x |",
-    ])
-    assert to_markdown(ROWS[:1], columns=["auroc", "method"]) == (
-        "| auroc | method |\n|---|---|\n| 0.5 | plain |")
-    text = to_csv(ROWS)
-    assert list(csv.DictReader(io.StringIO(text))) == [
-        {"method": "plain", "seed": "0", "auroc": "0.5", "extra": ""},
-        {"method": "gradmix", "seed": "0", "auroc": "0.75", "extra": ""},
-        {"method": "plain", "seed": "1", "auroc": "0.7", "extra": "x"}]
-    assert to_csv([{"a": 1 / 3}]) == f"a\n{1 / 3!r}\n"  # full precision
-
-
-def test_tables_docstring_example():
-    import doctest
-
-    import keras_gradmix.tables
-
-    assert doctest.testmod(keras_gradmix.tables).failed == 0
