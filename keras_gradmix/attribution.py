@@ -124,21 +124,31 @@ def target_scores(y_true, y_pred, target: str = "label"):
     """Per-sample score whose gradient is attributed, for a classifier.
 
     Args:
-        y_true: one-hot (or soft) labels ``(B, K)``, float.
+        y_true: one-hot (or soft, or multi-hot) labels ``(B, K)``, float; for
+            a single-logit binary classifier ``(B, 1)`` labels in {0, 1}.
         y_pred: model outputs ``(B, K)`` (logits, or probabilities when the
             model ends with a softmax; Grad-CAM proper uses logits).
-        target: ``"label"``: output at the ground-truth class;
-            ``"prediction"``: output at the predicted (arg-max) class.
-            (``"loss"`` is handled by the caller, which owns the loss.)
+        target: ``"label"``: output at the ground-truth class (the sum over
+            the positive labels of multi-hot labels; a single logit signed +1
+            for label 1 and -1 for label 0, so the evidence for the true class
+            is attributed); ``"prediction"``: output at the predicted (arg-max)
+            class (a single logit signed by its own sign). (``"loss"`` is
+            handled by the caller, which owns the loss.)
 
     Returns:
         ``(B,)`` float32 scores.
     """
     y_pred = ops.cast(y_pred, "float32")
+    binary = y_pred.shape[-1] == 1
     if target == "label":
         weights = ops.cast(y_true, "float32")
+        if binary:
+            weights = 2.0 * weights - 1.0
     elif target == "prediction":
-        weights = ops.one_hot(ops.argmax(y_pred, axis=-1), y_pred.shape[-1])
+        if binary:
+            weights = ops.where(y_pred >= 0, 1.0, -1.0)
+        else:
+            weights = ops.one_hot(ops.argmax(y_pred, axis=-1), y_pred.shape[-1])
     else:
         raise ValueError(f"target must be 'label' or 'prediction' here, got {target!r}.")
     return ops.sum(ops.stop_gradient(weights) * y_pred, axis=-1)

@@ -36,9 +36,21 @@ def has_compiled_loss(model) -> bool:
     return getattr(model, "_compile_loss", None) is not None
 
 
-def compiled_loss(model, y, y_pred, sample_weight=None):
-    """The loss given to ``compile()`` alone, without regularisation losses."""
-    return model._compile_loss(y, y_pred, sample_weight)
+def compiled_loss(model, y, y_pred, sample_weight=None, track: bool = True):
+    """The loss given to ``compile()`` alone, without regularisation losses.
+
+    ``track=False`` leaves the per-output loss metrics of a multi-output model
+    (``"<output>_loss"``) as they were, so that they log the clean batch only.
+    """
+    loss = model._compile_loss
+    if track:
+        return loss(y, y_pred, sample_weight)
+    variables = [v for metric in getattr(loss, "metrics", None) or [] for v in metric.variables]
+    saved = [keras.ops.copy(v) for v in variables]
+    value = loss(y, y_pred, sample_weight)
+    for variable, before in zip(variables, saved):
+        variable.assign(before)
+    return value
 
 
 def loss_tracker(model):
@@ -99,3 +111,8 @@ def graph_layers_from_inputs(model) -> list:
         found.append(operation)
         stack.extend(node.operation for node in getattr(operation, "_outbound_nodes", []))
     return [op for op in found if isinstance(op, keras.layers.Layer)]
+
+
+def producing_layer(tensor):
+    """The layer whose output a functional graph's tensor is."""
+    return tensor._keras_history.operation

@@ -6,6 +6,8 @@ import dataclasses
 import numbers
 from typing import Any
 
+import keras
+
 from keras_gradmix import attribution, masks, mixing
 
 MODES = ("paired", "replace")
@@ -46,6 +48,67 @@ def _value_range(value) -> tuple[float, float]:
     return low, high
 
 
+def _target(value):
+    if callable(value):
+        return value
+    if isinstance(value, dict):  # a serialised function, from a saved config
+        return keras.saving.deserialize_keras_object(value)
+    if isinstance(value, str) and value in attribution.TARGETS:
+        return value
+    raise ValueError(
+        f"target must be one of {attribution.TARGETS} or a function (y_true, y_pred) -> "
+        f"(batch,) scores, got {value!r}."
+    )
+
+
+def _output(value):
+    if value is None or isinstance(value, str) or (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+    ):
+        return None if value is None else value if isinstance(value, str) else int(value)
+    raise ValueError(
+        f"output must be None, an output index >= 0 or an output name, got {value!r}."
+    )
+
+
+def _optional_count(name, value):
+    if value is None:
+        return None
+    return _epochs(name, value)
+
+
+def _grid(value):
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value)
+        ok = h > 0 and w > 0 and all(float(v) == int(v) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"token_grid must be (height, width) in patches, got {value!r}.")
+    return h, w
+
+
+def _normalization(value):
+    if value is None:
+        return None
+    try:
+        mean, std = value
+        mean = tuple(float(v) for v in (mean if isinstance(mean, (list, tuple)) else [mean]))
+        std = tuple(float(v) for v in (std if isinstance(std, (list, tuple)) else [std]))
+        ok = len(mean) == len(std) and all(v > 0 for v in std)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"normalization must be (mean, std), per channel or one value each, with "
+            f"std > 0, got {value!r}. Example: normalization=((0.485, 0.456, 0.406), "
+            f"(0.229, 0.224, 0.225)) for ImageNet-standardised images."
+        )
+    return mean, std
+
+
 def _seed(value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise ValueError(f"seed must be an int or None, got {value!r}.")
@@ -66,9 +129,15 @@ class GradMixConfig:
             ``w`` the kept-area fraction per sample; ``"replace"``: train on
             the masked batch only.
         target: score whose gradient is attributed: ``"label"`` (output at
-            the true class), ``"prediction"`` (at the arg-max class) or
+            the true class; the sum over the positive labels of multi-hot
+            labels; for a single-logit binary classifier the logit signed by
+            the true class), ``"prediction"`` (at the arg-max class),
             ``"loss"`` (the clean loss, as the reference code; highlights what
-            raises it).
+            raises it) or a function ``target(y_true, y_pred) -> (B,)`` scores
+            (register it with ``keras.saving.register_keras_serializable`` to
+            save the model).
+        output: for a model with several outputs, the one whose score is
+            attributed (index or name; the loss still uses all outputs).
         normalize: ``"image"`` (each map to [0, 1]) or ``"batch"`` (one
             min-max over the batch, as the reference code).
         mask: ``"box"``: a box with the image's aspect ratio centred on the
@@ -94,7 +163,19 @@ class GradMixConfig:
         warmup_epochs: no masking during the first ``k`` epochs of ``fit``
             (the attribution of an untrained model is noise); fed to the
             compiled step through a variable, so it is not retraced.
-        value_range: ``(low, high)`` of the input images, used for the noise.
+        value_range: ``(low, high)`` of the images as fed (raw pixels, before
+            ``normalization``), used for the noise. None: read from the model,
+            ``(0, 255)`` for a KerasHub task with an image converter or a
+            model that starts with ``Rescaling(1/255)`` or
+            ``Rescaling(1/127.5, offset=-1)``, else ``(0, 1)``.
+        normalization: ``(mean, std)`` per channel when the images are fed
+            standardised, ``(raw - mean) / std`` with raw pixels in
+            ``value_range``: the noise is drawn in raw pixels and standardised
+            alike, so masked regions look like pixels of the data.
+        prefix_tokens, token_grid: for a layer with a token output
+            ``(B, N, C)``, the leading non-patch tokens (class, distillation,
+            register tokens) and the ``(h, w)`` patch grid; None infers them
+            from ``N`` and the image's aspect ratio.
         bn_statistics: ``"clean"``: BatchNorm running statistics are updated
             once per step, from the clean batch (the masked pass uses its own
             batch statistics, its moving-average updates are discarded);
@@ -112,7 +193,7 @@ class GradMixConfig:
 
     attribution: str = "gradcam"
     mode: str = "paired"
-    target: str = "label"
+    target: Any = "label"
     normalize: str = "image"
     mask: str = "box"
     mask_area: tuple[float, float] = (0.1, 0.5)
@@ -123,15 +204,19 @@ class GradMixConfig:
     label_mode: str = "area"
     probability: float = 1.0
     warmup_epochs: int = 0
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] | None = None
+    normalization: Any = None
     bn_statistics: str = "clean"
     seed: int | None = None
+    output: int | str | None = None
+    prefix_tokens: int | None = None
+    token_grid: tuple[int, int] | None = None
 
     def __post_init__(self):
         checked = dict(
             attribution=check_choice("attribution", self.attribution, tuple(attribution.METHODS)),
             mode=check_choice("mode", self.mode, MODES),
-            target=check_choice("target", self.target, attribution.TARGETS),
+            target=_target(self.target),
             normalize=check_choice("normalize", self.normalize, attribution.NORMALIZATIONS),
             mask=check_choice("mask", self.mask, tuple(masks.MASKS)),
             mask_area=masks.validate_mask_area(self.mask_area),
@@ -140,7 +225,11 @@ class GradMixConfig:
             label_mode=check_choice("label_mode", self.label_mode, LABEL_MODES),
             probability=_fraction("probability", self.probability),
             warmup_epochs=_epochs("warmup_epochs", self.warmup_epochs),
-            value_range=_value_range(self.value_range),
+            value_range=None if self.value_range is None else _value_range(self.value_range),
+            normalization=_normalization(self.normalization),
+            output=_output(self.output),
+            prefix_tokens=_optional_count("prefix_tokens", self.prefix_tokens),
+            token_grid=_grid(self.token_grid),
             bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
             seed=_seed(self.seed),
         )
@@ -154,9 +243,14 @@ class GradMixConfig:
 
     def get_config(self) -> dict:
         """Plain, JSON-friendly values (pairs as lists)."""
-        config = dataclasses.asdict(self)
-        for name in ("mask_area", "value_range"):
-            config[name] = list(config[name])
+        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("mask_area", "value_range", "token_grid"):
+            if config[name] is not None:
+                config[name] = list(config[name])
+        if config["normalization"] is not None:
+            config["normalization"] = [list(v) for v in config["normalization"]]
+        if callable(config["target"]):
+            config["target"] = keras.saving.serialize_keras_object(config["target"])
         return config
 
     @classmethod

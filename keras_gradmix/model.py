@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
+import logging
+import warnings
 from typing import Any, Sequence
 
 import keras
 from keras import ops
 
 from keras_gradmix import compat
-from keras_gradmix.attribution import attribution_maps
+from keras_gradmix.attribution import METHODS, attribution_maps
 from keras_gradmix.config import GradMixConfig
+from keras_gradmix.inputs import default_value_range, first_batch, image_converter
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.tap import (
     LayerTap,
+    candidate_layers,
     graph_output_shape,
     image_layer_paths,
-    iter_layers,
     pick_layer,
     resolve_layer,
+    spatial_candidates,
     tapped_outputs,
 )
+from keras_gradmix.tokens import as_feature_map
 from keras_gradmix.transform import MaskedBatch, apply_transformation, sample_transformation
+
+logger = logging.getLogger("keras_gradmix")
 
 _KERAS_ARGUMENTS = ("name", "dtype", "trainable")
 
@@ -129,15 +137,19 @@ class GradMixModel(keras.Model):
         super().__init__(**keras_kwargs)
         if not isinstance(model, keras.Model):
             raise ValueError(f"GradMixModel wraps a keras.Model, got {type(model).__name__}.")
-        outputs = getattr(model, "outputs", None)
-        if outputs is not None and len(outputs) != 1:
-            raise ValueError(
-                f"GradMixModel needs a model with one output (class scores), "
-                f"{model.name!r} has {len(outputs)}."
-            )
         self.model = model
         self.layer = _checked_layer(model, layer)
-        self.options = (options or GradMixConfig()).replace(**option_kwargs)
+        options = (options or GradMixConfig()).replace(**option_kwargs)
+        if options.value_range is None:
+            options = options.replace(value_range=default_value_range(model))
+        self.options = options
+        outputs = getattr(model, "outputs", None)
+        if outputs and len(outputs) > 1 and options.output is None and options.target != "loss":
+            raise ValueError(
+                f"{model.name!r} has {len(outputs)} outputs; choose the one whose score "
+                f"GradMix attributes with output= (an index or a name). The loss still "
+                f"uses every output."
+            )
         self.objective = objective or Classification()
         self.objective.check_options(self.options)
         self.seed_generator = keras.random.SeedGenerator(self.options.seed)
@@ -150,25 +162,67 @@ class GradMixModel(keras.Model):
             return None
         return list(self.layer) if isinstance(self.layer, list) else [self.layer]
 
+    @property
+    def output_names(self):
+        """The wrapped model's (so ``compile`` maps losses given by output name)."""
+        return getattr(self.model, "output_names", None)
+
     def call(self, inputs, training=None):
-        outputs = self.model(self.objective.model_inputs(inputs), training=training)
-        if isinstance(outputs, (list, tuple, dict)):
-            raise ValueError(
-                f"GradMixModel needs a model with one output (class scores); "
-                f"{self.model.name!r} returned {type(outputs).__name__} of "
-                f"{len(outputs)} outputs."
-            )
-        return outputs
+        inputs = self.objective.model_inputs(inputs)
+        converter = image_converter(self.model)
+        if converter is not None:  # a KerasHub task's preprocessing, as its fit applies it
+            inputs = converter(inputs)
+        return self.model(inputs, training=training)
 
     # ------------------------------------------------------------- configure
     def fit(self, *args, **kwargs):
-        """``keras.Model.fit``, plus a callback that tells the step the epoch."""
-        args = list(args)
-        if len(args) > 5:  # callbacks passed positionally
-            args[5] = [*(args[5] or []), _EpochCounter(self.epoch)]
-        else:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _EpochCounter(self.epoch)]
-        return super().fit(*args, **kwargs)
+        """``keras.Model.fit``, plus a look at the first batch (see
+        :meth:`inspect_batch`) and a callback that tells the step the epoch."""
+        arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        arguments.update(arguments.pop("kwargs", {}))
+        x, y, sample_weight, arguments["x"] = first_batch(
+            arguments.get("x"), arguments.get("y"), arguments.get("sample_weight"),
+            arguments.get("batch_size"))
+        if x is not None:
+            self.inspect_batch(x, y)
+        arguments["callbacks"] = [*(arguments.get("callbacks") or []), _EpochCounter(self.epoch)]
+        return super().fit(**arguments)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self.inspect_batch(x, y)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def inspect_batch(self, x, y):
+        """A look at one batch, eagerly, before training on it: resolves
+        ``layer=None`` to the last candidate layer whose maps are not all flat,
+        and warns once when the attributed layers' maps are all flat (nothing
+        would be masked), naming the layer to use instead."""
+        if getattr(self, "_inspected", False) and self.layer is not None:
+            return
+        x = self.objective.prepare_inputs(ops.convert_to_tensor(x))
+        if self.layer is None:
+            choice, candidates = self._last_non_flat(x, y)
+            if choice is None and candidates:
+                warnings.warn(
+                    f"GradMix: every candidate layer of {self.model.name!r} gives flat "
+                    f"attribution maps on the first batch; layer=None falls back to the "
+                    f"last one, {candidates[-1]!r}, where nothing will be masked until "
+                    f"its gradients differ.", stacklevel=3)
+                choice = candidates[-1]
+            self.layer = choice
+        elif _all_flat(self._maps(x, y, self.layer_paths)):
+            better, _ = self._last_non_flat(x, y)
+            hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
+                    if better else "no layer of the model gives non-flat maps on it")
+            warnings.warn(
+                f"GradMix: every attribution map of layer={self.layer!r} is flat on the "
+                f"first batch, so nothing will be masked. The score's gradient does not "
+                f"reach those outputs (e.g. a transformer pooled by its class token "
+                f"leaves the last block's patch tokens without gradient); {hint}.",
+                stacklevel=3,
+            )
+        self._inspected = True
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The objective's loss of a clean batch (``evaluate`` uses it)."""
@@ -229,18 +283,51 @@ class GradMixModel(keras.Model):
 
     def tap(self, on_output=None) -> LayerTap:
         """A :class:`LayerTap` on the attributed layers (while ``layer=None``
-        is unresolved, on every layer of the model and its nested models)."""
+        is unresolved, on every candidate layer)."""
         paths = self.layer_paths
         if paths is None:
-            return LayerTap(dict(iter_layers(self.model, models_only=True)), on_output)
+            return LayerTap(candidate_layers(self.model), on_output)
         return LayerTap({p: resolve_layer(self.model, p) for p in paths}, on_output)
 
     def tapped_activations(self, tap: LayerTap, image_size) -> list:
         """The attributed layers' outputs from one clean forward, checked
-        (the first one resolves ``layer=None``)."""
+        (without :meth:`inspect_batch`, the first one resolves ``layer=None``
+        to the last spatial map)."""
         if self.layer is None:
-            self.layer = pick_layer(tap, image_size, self.model.name)
-        return tapped_outputs(tap, self.layer_paths, self.model.name)
+            self.layer = pick_layer(tap, image_size, self.model.name, self.options)
+        return tapped_outputs(tap, self.layer_paths, self.model.name, image_size, self.options)
+
+    def _maps(self, x, y, paths) -> list:
+        """Each layer's own attribution maps of the batch ``x``, inference mode."""
+        layer = self.layer
+        self.layer = list(paths)
+        try:
+            activations, gradients = _backend_step().attribute(self, x, y)
+        finally:
+            self.layer = layer
+        size = x.shape[1:3]
+        return [METHODS[self.options.attribution](*self._feature_maps([a, g], size))
+                for a, g in zip(activations, gradients)]
+
+    def _last_non_flat(self, x, y) -> tuple[str | None, list[str]]:
+        """The last candidate layer (call order) whose maps of ``x`` are not
+        all flat (None if none is), and the candidates."""
+        self.check_step_ready(x, training=False)
+        with LayerTap(candidate_layers(self.model)) as tap:
+            self(x, training=False)
+        candidates = spatial_candidates(tap, x.shape[1:3], self.options)
+        if not candidates:
+            return None, candidates
+        maps = self._maps(x, y, candidates)
+        found = [path for path, m in zip(candidates, maps) if not _all_flat([m])]
+        if found:
+            logger.info("GradMix attributes the output of layer %r (layer=None).", found[-1])
+        return (found[-1] if found else None), candidates
+
+    def _feature_maps(self, tensors, image_size) -> list:
+        """4-D maps as they are, transformer tokens on their patch grid."""
+        o = self.options
+        return [as_feature_map(t, image_size, o.prefix_tokens, o.token_grid) for t in tensors]
 
     def check_reaches_output(self, reaches: Sequence[bool]):
         """Raises for an attributed layer whose output does not reach the model's."""
@@ -275,8 +362,11 @@ class GradMixModel(keras.Model):
         """
         images = ops.convert_to_tensor(images)
         size = images.shape[1:3]
+        if not isinstance(activations, (list, tuple)):
+            activations, gradients = [activations], [gradients]
         maps = attribution_maps(
-            activations, gradients, size, self.options.attribution, self.options.normalize
+            self._feature_maps(activations, size), self._feature_maps(gradients, size), size,
+            self.options.attribution, self.options.normalize,
         )
         batch = ops.shape(images)[0]
         seed = self.seed_generator if seed is None else seed
@@ -329,20 +419,29 @@ class GradMixModel(keras.Model):
 
 def _checked_layer(model, layer):
     """``layer`` as a path or a list of paths, each found in ``model`` and, where
-    the graph tells, with a 4-D output."""
+    the graph tells, with a 4-D map or a 3-D token output."""
     if isinstance(layer, (list, tuple)):
         if not layer:
             raise ValueError("layer must name at least one layer, got [].")
         layer = list(layer)
     for path in [] if layer is None else layer if isinstance(layer, list) else [layer]:
         shape = graph_output_shape(resolve_layer(model, path))
-        if shape is not None and len(shape) != 4:
+        if shape is not None and len(shape) not in (3, 4):
             raise ValueError(
                 f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
-                f"(batch, height, width, channels) feature map. Candidates: "
-                f"{image_layer_paths(model)}."
+                f"(batch, height, width, channels) feature map or (batch, tokens, "
+                f"channels) transformer tokens. Candidates: {image_layer_paths(model)}."
             )
     return layer
+
+
+def _all_flat(maps) -> bool:
+    """Whether every map of every image is constant (no peak anywhere)."""
+    for m in maps:
+        m = ops.convert_to_numpy(m).reshape(len(m), -1)
+        if (m.max(axis=1) > m.min(axis=1)).any():
+            return False
+    return True
 
 
 def _backend_step():

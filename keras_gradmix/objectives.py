@@ -88,13 +88,17 @@ class Classification(Objective):
     def clean_loss(self, trainer, x, y, y_pred, sample_weight=None, training=True):
         # Keras builds the loss symbolically before the first step on some
         # backends: check the labels here, before the loss's own shape error.
-        check_labels(trainer, y, y_pred)
+        if trainer.options.target in ("label", "prediction"):
+            check_labels(trainer, *attributed_output(trainer, y, y_pred))
         return keras.Model.compute_loss(trainer, x, y, y_pred, sample_weight, training)
 
     def attribution_score(self, trainer, y, y_pred, clean_loss):
         target = trainer.options.target
-        if target == "loss":
+        if isinstance(target, str) and target == "loss":
             return clean_loss
+        y, y_pred = attributed_output(trainer, y, y_pred)
+        if callable(target):
+            return ops.sum(ops.cast(target(y, y_pred), "float32"))
         return ops.sum(target_scores(labels_as_onehot(trainer, y, y_pred), y_pred, target))
 
     def loss(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
@@ -103,32 +107,68 @@ class Classification(Objective):
 
         if trainer.options.mode == "paired":
             own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term
-            loss = clean_loss + compat.compiled_loss(trainer, y, y_masked, weighted(own))
+            loss = clean_loss + compat.compiled_loss(trainer, y, y_masked, weighted(own), track=False)
         else:  # regularisation losses of the masked pass enter once, here
             own = weighted(masked.own) if masked.partner is not None else sample_weight
-            loss = keras.Model.compute_loss(trainer, x, y, y_masked, own, True)
+            loss = keras.Model.compute_loss(trainer, x, y, y_masked, own, True)  # logs the masked batch
         if masked.partner is not None:
-            y_partner = ops.take(y, masked.partner, axis=0)
-            loss = loss + compat.compiled_loss(trainer, y_partner, y_masked, weighted(masked.pasted))
+            y_partner = keras.tree.map_structure(lambda t: ops.take(t, masked.partner, axis=0), y)
+            loss = loss + compat.compiled_loss(
+                trainer, y_partner, y_masked, weighted(masked.pasted), track=False)
         return loss
 
 
+def attributed_output(trainer, y, y_pred):
+    """The labels and predictions of the output whose score is attributed
+    (``options.output``, an index or a name, of a model with several outputs)."""
+    if not isinstance(y_pred, (list, tuple, dict)):
+        return y, y_pred
+    model = getattr(trainer, "model", trainer)
+    names = list(y_pred) if isinstance(y_pred, dict) else list(getattr(model, "output_names", None) or [])
+    count = len(y_pred)
+    output = trainer.options.output
+    if output is None and count > 1:
+        raise ValueError(
+            f"{model.name!r} has {count} outputs ({names or list(range(count))}); choose the "
+            f"one whose score GradMix attributes with output= (an index or a name). The "
+            f"loss still uses every output."
+        )
+    output = 0 if output is None else output
+    index = names.index(output) if isinstance(output, str) and output in names else output
+    if not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"output={output!r} is not one of {names or list(range(count))}.")
+    name = names[index] if index < len(names) else None
+    pred = y_pred[name] if isinstance(y_pred, dict) else y_pred[index]
+    if isinstance(y, dict):
+        labels = y[name] if name in y else y[index]
+    elif isinstance(y, (list, tuple)):
+        labels = y[index]
+    else:
+        labels = y
+    return labels, pred
+
+
 def labels_as_onehot(trainer, y, y_pred):
-    """Sparse ``(B,)``/``(B, 1)`` or one-hot ``(B, K)`` labels as float one-hot."""
+    """Sparse ``(B,)``/``(B, 1)``, one-hot or multi-hot ``(B, K)`` labels as
+    float ``(B, K)`` weights; for a single-logit output, ``(B, 1)`` 0/1 labels."""
     y = ops.convert_to_tensor(y)
-    if check_labels(trainer, y, y_pred) == "sparse":
+    kind = check_labels(trainer, y, y_pred)
+    if kind == "sparse":
         return ops.one_hot(ops.cast(ops.reshape(y, (-1,)), "int32"), y_pred.shape[-1])
+    if kind == "binary":
+        return ops.reshape(ops.cast(y, "float32"), (-1, 1))
     return ops.cast(y, "float32")
 
 
 def check_labels(trainer, y, y_pred) -> str:
-    """Checks one output of class scores and labels that fit it (shapes only,
-    so symbolic tensors do); returns ``"sparse"`` or ``"onehot"``."""
+    """Checks an output of class scores and labels that fit it (shapes only,
+    so symbolic tensors do); returns ``"sparse"``, ``"onehot"`` (also
+    multi-hot) or ``"binary"`` (a single logit)."""
     name = getattr(getattr(trainer, "model", trainer), "name", "the model")
     if isinstance(y_pred, (list, tuple, dict)):
         raise ValueError(
-            f"GradMixModel needs a model with one output (class scores); "
-            f"{name!r} returned {type(y_pred).__name__} of {len(y_pred)} outputs."
+            f"GradMixModel attributes one output of class scores; {name!r} returned "
+            f"{type(y_pred).__name__} of {len(y_pred)} outputs: choose one with output=."
         )
     if len(y_pred.shape) != 2:
         raise ValueError(
@@ -136,19 +176,14 @@ def check_labels(trainer, y, y_pred) -> str:
             f"{name!r} returned shape {tuple(y_pred.shape)}."
         )
     classes = y_pred.shape[-1]
-    options = getattr(trainer, "options", None)
-    if classes == 1 and options is not None and options.target != "loss":
-        raise ValueError(
-            f"target={options.target!r} needs class scores (batch, classes >= 2); "
-            f"{name!r} has a single output unit. Use target='loss', or a 2-unit "
-            f"softmax output."
-        )
     if isinstance(y, (list, tuple, dict)) or y is None:
         raise ValueError(
             "GradMixModel needs one label tensor per batch, (x, y) or "
             f"(x, y, sample_weight); got y of type {type(y).__name__}."
         )
     shape = tuple(y.shape)
+    if classes == 1 and (len(shape) == 1 or shape[1:] == (1,)):
+        return "binary"
     if len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1 and classes != 1):
         return "sparse"
     if len(shape) == 2 and shape[-1] == classes:

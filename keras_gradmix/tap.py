@@ -18,21 +18,33 @@ from typing import Callable, Iterator
 import keras
 
 from keras_gradmix import compat
+from keras_gradmix.tokens import fits_a_grid
 
 logger = logging.getLogger("keras_gradmix")
 
 
-def iter_layers(model, prefix: str = "", models_only: bool = False) -> Iterator[tuple[str, keras.Layer]]:
-    """Yields ``(path, layer)`` for every layer inside ``model``, depth first.
-
-    ``models_only`` does not descend into layers that are not models (e.g.
-    the query/key/value projections inside ``MultiHeadAttention``).
-    """
+def iter_layers(model, prefix: str = "", descend: Callable | None = None) -> Iterator[tuple[str, keras.Layer]]:
+    """Yields ``(path, layer)`` for every layer inside ``model``, depth first
+    (not into the layers for which ``descend(layer)`` is False)."""
     for layer in compat.child_layers(model):
         path = prefix + layer.name
         yield path, layer
-        if not models_only or isinstance(layer, keras.Model):
-            yield from iter_layers(layer, path + "/", models_only)
+        if descend is None or descend(layer):
+            yield from iter_layers(layer, path + "/", descend)
+
+
+def is_attention(layer) -> bool:
+    """An attention layer (its query/key/value projections are no feature maps)."""
+    return isinstance(layer, keras.layers.MultiHeadAttention) or "Attention" in type(layer).__name__
+
+
+def candidate_layers(model) -> dict:
+    """``{path: layer}``: what ``layer=None`` may pick, every layer but the
+    insides of attention layers and a KerasHub task's preprocessor."""
+    preprocessor = getattr(model, "preprocessor", None)
+    return {path: layer for path, layer in iter_layers(
+        model, descend=lambda layer: not is_attention(layer) and layer is not preprocessor)
+        if layer is not preprocessor}
 
 
 def graph_output_shape(layer) -> tuple | None:
@@ -53,7 +65,10 @@ def image_layer_paths(model) -> list[str]:
 
 
 def resolve_layer(model, path: str) -> keras.Layer:
-    """The layer at ``path`` inside ``model``; a ValueError lists the candidates."""
+    """The layer at ``path`` inside ``model``; a ValueError lists the candidates.
+
+    A KerasHub backbone's ``pyramid_outputs`` level ("P3") names the layer
+    that outputs it ("backbone/P3")."""
     if not isinstance(path, str) or not path:
         raise ValueError(
             f"layer must be a layer name or a '/'-separated path such as "
@@ -62,6 +77,9 @@ def resolve_layer(model, path: str) -> keras.Layer:
     layer = model
     for name in path.split("/"):
         matches = [child for child in compat.child_layers(layer) if child.name == name]
+        pyramid = getattr(layer, "pyramid_outputs", None)
+        if not matches and isinstance(pyramid, dict) and name in pyramid:
+            matches = [compat.producing_layer(pyramid[name])]  # a KerasHub level, e.g. "P4"
         if not matches:
             if any(op.name == name for op in compat.graph_layers_from_inputs(layer)):
                 raise ValueError(
@@ -83,9 +101,10 @@ def resolve_layer(model, path: str) -> keras.Layer:
     return layer
 
 
-def tapped_outputs(tap: "LayerTap", paths, model_name: str) -> list:
+def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=None) -> list:
     """The output of each layer in ``paths`` from one forward, checked: one
-    call, one 4-D ``(batch, height, width, channels)`` tensor."""
+    call, one 4-D ``(batch, height, width, channels)`` feature map or a
+    ``(batch, tokens, channels)`` output whose patch grid fits the image."""
     activations = []
     for path in paths:
         outputs = tap.outputs[path]
@@ -95,37 +114,56 @@ def tapped_outputs(tap: "LayerTap", paths, model_name: str) -> list:
                 f"{model_name!r}; GradMix needs a layer that runs exactly once."
             )
         activation = outputs[0]
-        if not keras.ops.is_tensor(activation) or len(activation.shape) != 4:
+        if keras.ops.is_tensor(activation) and len(activation.shape) == 3:
+            from keras_gradmix.tokens import token_grid
+
+            token_grid(activation.shape[1], image_size, *_token_options(options))  # or a clear error
+        elif not keras.ops.is_tensor(activation) or len(activation.shape) != 4:
             shape = getattr(activation, "shape", None)
             shape = type(activation).__name__ if shape is None else tuple(shape)
             raise ValueError(
                 f"Layer {path!r} returned {shape}; GradMix needs one 4-D "
-                f"(batch, height, width, channels) feature map. Choose a "
-                f"convolutional layer, or layer=None for the last 4-D one."
+                f"(batch, height, width, channels) feature map or (batch, tokens, "
+                f"channels) transformer tokens. Choose a convolutional or "
+                f"transformer layer, or layer=None."
             )
         activations.append(activation)
     return activations
 
 
-def pick_layer(tap: "LayerTap", image_size, model_name: str) -> str:
-    """``layer=None``: the last layer (in call order) whose output is a genuine
-    spatial feature map: one 4-D tensor larger than 1x1 and no larger than the
-    image, from a layer of the model or of a nested model (never a sublayer of
-    a plain layer such as ``MultiHeadAttention``). Logged at INFO."""
+def _token_options(options):
+    return (None, None) if options is None else (options.prefix_tokens, options.token_grid)
+
+
+def spatial_candidates(tap: "LayerTap", image_size, options=None) -> list[str]:
+    """The tapped paths whose output is a genuine spatial map, in call order:
+    one 4-D tensor larger than 1x1 and no larger than the image, or tokens
+    whose patch grid fits the image."""
 
     def spatial(path):
         outputs = tap.outputs[path]
-        if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]) or len(outputs[0].shape) != 4:
+        if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]):
             return False
-        height, width = outputs[0].shape[1:3]
+        output = outputs[0]
+        if len(output.shape) == 3:
+            return fits_a_grid(output, image_size, *_token_options(options))
+        if len(output.shape) != 4:
+            return False
+        height, width = output.shape[1:3]
         return height * width > 1 and height <= image_size[0] and width <= image_size[1]
 
-    maps = [path for path in tap.order if spatial(path)]
+    return [path for path in tap.order if spatial(path)]
+
+
+def pick_layer(tap: "LayerTap", image_size, model_name: str, options=None) -> str:
+    """``layer=None`` without data to look at: the last genuine spatial map
+    (:func:`spatial_candidates`) in call order. Logged at INFO."""
+    maps = spatial_candidates(tap, image_size, options)
     if not maps:
         raise ValueError(
-            f"No layer of {model_name!r} has a 4-D (batch, height, width, "
-            f"channels) output larger than 1x1; GradMix attributes a spatial "
-            f"feature map. Pass layer= explicitly."
+            f"No layer of {model_name!r} has a 4-D (batch, height, width, channels) "
+            f"output larger than 1x1 or a token output with a patch grid; GradMix "
+            f"attributes a spatial feature map. Pass layer= explicitly."
         )
     logger.info("GradMix attributes the output of layer %r (layer=None).", maps[-1])
     return maps[-1]

@@ -30,7 +30,8 @@ class Transformation(NamedTuple):
     repeated with ``area_sampling="batch"``); ``sampled``: ``(B,)`` bool, drawn
     for masking (``probability``, ``warmup_epochs``); ``partner``: ``(B,)``
     partner indices with ``fill="mix"``, else None; ``noise``: ``(B, H, W, 1)``
-    fill noise with ``fill="noise"``, else None.
+    fill noise with ``fill="noise"`` (``(B, H, W, C)`` when ``normalization``
+    standardises each channel), else None.
     """
 
     area: object
@@ -92,7 +93,11 @@ def sample_transformation(
     if options.fill == "mix":
         partner = mixing.random_partner(batch_size, seed=partner_seed)
     elif options.fill == "noise":
-        noise = mixing.sample_noise(batch_size, image_size, options.value_range, seed=noise_seed)
+        value_range = options.value_range or (0.0, 1.0)  # None: not resolved by a model
+        noise = mixing.sample_noise(batch_size, image_size, value_range, seed=noise_seed)
+        if options.normalization is not None:  # raw pixels, standardised as the images are
+            mean, std = (ops.convert_to_tensor(v, "float32") for v in options.normalization)
+            noise = (noise - mean) / std
     return Transformation(area=area, sampled=sampled, partner=partner, noise=noise)
 
 
@@ -111,10 +116,7 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
     applied = ops.logical_and(ops.convert_to_tensor(t.sampled), peaked)
     mask = mask & applied[:, None, None]
     masked = ops.where(applied, masked, 0.0)
-    filled = mixing.apply_fill(
-        images, mask, options.fill, value_range=options.value_range,
-        partner=t.partner, noise=t.noise,
-    )
+    filled = mixing.apply_fill(images, mask, options.fill, partner=t.partner, noise=t.noise)
     pasted = None
     if options.label_mode == "area":
         own = 1.0 - masked

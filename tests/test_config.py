@@ -11,7 +11,8 @@ ALL_OPTIONS = dict(
     attribution="layercam", mode="replace", target="loss", normalize="batch", mask="threshold",
     mask_area=[0.2, 0.3], alpha=2.0, beta=3.0, area_sampling="sample", fill="mix",
     label_mode="attribution", probability=0.7, warmup_epochs=3, value_range=[0.0, 255.0],
-    bn_statistics="all", seed=5,
+    normalization=[[0.5, 0.4, 0.3], [0.2, 0.25, 0.3]], bn_statistics="all", seed=5, output="b",
+    prefix_tokens=1, token_grid=[7, 7],
 )
 
 
@@ -21,6 +22,7 @@ def test_every_option_is_a_field_and_round_trips():
     assert config.get_config() == ALL_OPTIONS
     assert GradMixConfig.from_config(config.get_config()) == config
     assert config.mask_area == (0.2, 0.3) and config.value_range == (0.0, 255.0)
+    assert config.normalization == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) and config.token_grid == (7, 7)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.mode = "paired"
 
@@ -33,9 +35,9 @@ def test_replace_checks_the_new_value():
 
 
 def test_every_option_is_in_the_model_config():
-    options = dict(layer=["conv1", "conv2"], **ALL_OPTIONS)
+    options = dict(layer=["conv1", "conv2"], **{**ALL_OPTIONS, "output": None})
     gm = GradMixModel(sequential_cnn(), **options)
-    assert gm.options == GradMixConfig(**ALL_OPTIONS)
+    assert gm.options == GradMixConfig(**{**ALL_OPTIONS, "output": None})
     config = gm.get_config()
     assert {k: config[k] for k in options} == options
     clone = GradMixModel.from_config(config)
@@ -45,7 +47,7 @@ def test_every_option_is_in_the_model_config():
 def test_options_object_and_keyword_overrides():
     base = GradMixConfig(attribution="layercam", seed=3)
     gm = GradMixModel(sequential_cnn(), "conv2", options=base, mode="replace")
-    assert gm.options == base.replace(mode="replace")
+    assert gm.options == base.replace(mode="replace", value_range=(0, 1))  # resolved
 
 
 def test_unknown_option_names_the_closest_one():
@@ -79,6 +81,14 @@ def test_unknown_option_names_the_closest_one():
         ("value_range", "0-255", r"value_range must be \(low, high\) with low < high"),
         ("bn_statistics", "none", r"bn_statistics must be one of \('clean', 'all'\)"),
         ("seed", 1.5, "seed must be an int or None"),
+        ("target", 3, "or a function"),
+        ("output", -1, "output must be None, an output index >= 0 or an output name"),
+        ("prefix_tokens", -1, "prefix_tokens must be an integer >= 0"),
+        ("token_grid", (7,), r"token_grid must be \(height, width\)"),
+        ("token_grid", (0, 7), r"token_grid must be \(height, width\)"),
+        ("normalization", (0.5,), r"normalization must be \(mean, std\)"),
+        ("normalization", ((0.5, 0.5), (0.2,)), r"normalization must be \(mean, std\)"),
+        ("normalization", (0.5, 0.0), r"normalization must be \(mean, std\)"),
     ],
 )
 def test_bad_option_values(option, value, match):
@@ -86,3 +96,30 @@ def test_bad_option_values(option, value, match):
         GradMixConfig(**{option: value})
     with pytest.raises(ValueError, match=match):  # the same check from the wrapper
         GradMixModel(sequential_cnn(), "conv2", **{option: value})
+
+
+def test_value_range_is_read_from_the_model():
+    import keras
+
+    def model(*first):
+        return keras.Sequential([keras.Input((8, 8, 1)), *first,
+                                 keras.layers.Conv2D(2, 3, name="conv"),
+                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+
+    assert GradMixModel(model(), "conv").options.value_range == (0.0, 1.0)
+    assert GradMixModel(model(keras.layers.Rescaling(1 / 255)), "conv").options.value_range == (0.0, 255.0)
+    scaled = model(keras.layers.Rescaling(1 / 127.5, offset=-1))
+    assert GradMixModel(scaled, "conv").options.value_range == (0.0, 255.0)
+    assert GradMixModel(scaled, "conv", value_range=(0, 1)).options.value_range == (0.0, 1.0)
+
+
+def test_a_function_target_round_trips_when_registered():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="tests")
+    def margin(y_true, y_pred):
+        return y_pred[:, 1] - y_pred[:, 0]
+
+    config = GradMixConfig(target=margin)
+    assert config.get_config()["target"]["config"] == "tests>margin"
+    assert GradMixConfig.from_config(config.get_config()).target is margin

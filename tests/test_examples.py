@@ -154,3 +154,13 @@ def test_sensitivity_study_smoke_pairs_every_cell_with_plain(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 8
     again = sensitivity_study.main(args)  # resumes from the per-run files
     assert [r["results"] for r in again] == [r["results"] for r in runs]
+
+
+def test_kerashub_vit_smoke(tmp_path):
+    pytest.importorskip("keras_hub")
+    import kerashub_vit
+
+    history, gm, accuracy = kerashub_vit.main(["--smoke", "--out", str(tmp_path)])
+    assert gm.layer == "vit/vit_encoder/transformer_block_2/ln_1"  # the class-token trap avoided
+    assert np.isfinite(history.history["loss"]).all() and 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "masks.png").stat().st_size > 1000

@@ -119,24 +119,3 @@ def test_config_keeps_the_dtype_policy():
     assert config["name"] == "wrapper" and config["trainable"] is True
     clone = GradMixModel.from_config(config)
     assert clone.dtype_policy.name == "mixed_bfloat16" and clone.name == "wrapper"
-
-
-def tiny_vit(classes=10, seed=0):
-    """Patch embedding (a 7x7 grid of 4x4 patches), two attention blocks, mean pooling."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((28, 28, 1))
-    patches = keras.layers.Conv2D(16, 4, strides=4, name="patches")(inputs)
-    x = keras.layers.Reshape((49, 16), name="tokens")(patches)
-    for i in (1, 2):
-        h = keras.layers.LayerNormalization(name=f"norm{i}")(x)
-        h = keras.layers.MultiHeadAttention(2, 8, name=f"mha{i}")(h, h)
-        x = keras.layers.Add(name=f"add{i}")([x, h])
-    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name="tiny_vit")
-
-
-def test_layer_none_picks_a_spatial_map_not_a_sublayer_of_attention(batch):
-    gm = GradMixModel(tiny_vit(), seed=0)
-    gm.compile(optimizer="adam", loss=sparse_ce())
-    gm.train_on_batch(*batch)
-    assert gm.layer == "patches"  # not 'mha2/value', a (B, 49, heads, dim) projection

@@ -136,3 +136,14 @@ def test_a_flat_map_leaves_its_image_unmasked():
     assert not to_numpy(out.mask)[0].any() and to_numpy(out.mask)[1].any()
     np.testing.assert_array_equal(to_numpy(out.images)[0], images[0])
     assert float(to_numpy(out.own)[0]) == 1.0
+
+
+def test_noise_is_drawn_in_raw_pixels_then_standardised():
+    raw = GradMixConfig(value_range=(0, 255))
+    standardised = raw.replace(normalization=((100.0, 120.0, 140.0), (50.0, 60.0, 70.0)))
+    u = to_numpy(sample_transformation(raw, 4, (8, 8), seed=3).noise)  # (4, 8, 8, 1)
+    out = to_numpy(sample_transformation(standardised, 4, (8, 8), seed=3).noise)
+    assert u.shape == (4, 8, 8, 1) and out.shape == (4, 8, 8, 3)
+    assert 0 <= u.min() and u.max() <= 255
+    expected = (u - np.array([100.0, 120.0, 140.0])) / np.array([50.0, 60.0, 70.0])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

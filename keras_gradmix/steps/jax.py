@@ -116,6 +116,7 @@ def train_step(gm, state, data):
         mapping = list(zip(gm.trainable_variables, trainable))
         mapping += list(zip(gm.non_trainable_variables, non_trainable))
         mapping += list(zip(gm.optimizer.variables, optimizer_variables))
+        mapping += list(zip(gm.metrics_variables, metrics_variables))  # per-output losses
         with keras.StatelessScope(state_mapping=mapping) as scope:
             y_pred, clean_loss, activations, gradients = _forward_and_attribute(
                 gm, x, y, sample_weight, training=True, need_loss=gm.needs_clean_loss
@@ -129,11 +130,12 @@ def train_step(gm, state, data):
             with compat.forward_losses(gm, losses):
                 loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
             scaled = gm.optimizer.scale_loss(loss)
-        return scaled, (loss, y_pred, _current(scope, gm.non_trainable_variables))
+        updated = _current(scope, gm.non_trainable_variables), _current(scope, gm.metrics_variables)
+        return scaled, (loss, y_pred, updated)
 
-    (_, (loss, y_pred, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable
-    )
+    (_, (loss, y_pred, (non_trainable, metrics_variables))), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+    )(trainable)
     trainable, optimizer_variables = gm.optimizer.stateless_apply(
         optimizer_variables, grads, trainable
     )
