@@ -84,15 +84,17 @@ def normalize_maps(maps, mode: str = "image", epsilon: float = 1e-8):
 
     ``mode="image"`` uses each map's own minimum and maximum (standard Grad-CAM);
     ``mode="batch"`` one minimum and maximum over the whole batch, as the GradMix
-    reference code does. A constant map becomes all zeros.
+    reference code does. A constant map becomes all zeros. Non-finite values
+    (an overflow) are left out of the minimum and maximum and stay non-finite.
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}.")
     maps = ops.cast(maps, "float32")
     axis = (1, 2) if mode == "image" else None
-    low = ops.min(maps, axis=axis, keepdims=True)
-    high = ops.max(maps, axis=axis, keepdims=True)
-    return (maps - low) / (high - low + epsilon)
+    finite = ops.isfinite(maps)  # a non-finite value stays so, without spreading
+    low = ops.min(ops.where(finite, maps, float("inf")), axis=axis, keepdims=True)
+    high = ops.max(ops.where(finite, maps, float("-inf")), axis=axis, keepdims=True)
+    return ops.where(finite, (maps - low) / (high - low + epsilon), maps)
 
 
 def attribution_maps(

@@ -116,3 +116,8 @@ def graph_layers_from_inputs(model) -> list:
 def producing_layer(tensor):
     """The layer whose output a functional graph's tensor is."""
     return tensor._keras_history.operation
+
+
+def own_variables(layer) -> list:
+    """The variables a layer saves itself (not its sublayers')."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 from typing import Any
 
@@ -109,6 +110,12 @@ def _normalization(value):
     return mean, std
 
 
+def _flag(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
 def _seed(value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise ValueError(f"seed must be an int or None, got {value!r}.")
@@ -181,6 +188,9 @@ class GradMixConfig:
             batch statistics, its moving-average updates are discarded);
             ``"all"``: every pass updates them, as the reference code.
         seed: int for reproducible masks (one backend reproduces its own run).
+        check_inputs: look at the first batch of every ``fit`` before training
+            (pixels finite and in ``value_range``, labels valid class indices,
+            see :mod:`keras_gradmix.inspection`); False skips it.
 
     Example:
 
@@ -208,6 +218,7 @@ class GradMixConfig:
     normalization: Any = None
     bn_statistics: str = "clean"
     seed: int | None = None
+    check_inputs: bool = True
     output: int | str | None = None
     prefix_tokens: int | None = None
     token_grid: tuple[int, int] | None = None
@@ -232,6 +243,7 @@ class GradMixConfig:
             token_grid=_grid(self.token_grid),
             bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
             seed=_seed(self.seed),
+            check_inputs=_flag("check_inputs", self.check_inputs),
         )
         checked["alpha"], checked["beta"] = masks.validate_beta(self.alpha, self.beta)
         for name, value in checked.items():
@@ -261,3 +273,16 @@ class GradMixConfig:
     def fields(cls) -> tuple[str, ...]:
         """The option names, in order."""
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def split_options(kwargs: dict, keras_arguments=("name", "dtype", "trainable")) -> tuple[dict, dict]:
+    """GradMix options and the wrapper's ``keras.Model`` arguments from one
+    set of keyword arguments; anything else is an error naming the closest option."""
+    fields = GradMixConfig.fields()
+    unknown = [k for k in kwargs if k not in fields and k not in keras_arguments]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
+        hint = "".join(f" Did you mean {v[0]!r} for {k!r}?" for k, v in hints.items() if v)
+        raise ValueError(f"Unknown GradMix option(s) {unknown}.{hint} Options: {list(fields)}.")
+    return ({k: v for k, v in kwargs.items() if k in fields},
+            {k: v for k, v in kwargs.items() if k not in fields})

@@ -230,16 +230,17 @@ class Contrastive(Objective):
     def maskable(self, batch_size):
         return ops.arange(batch_size) < batch_size // 2  # view 1
 
-    def loss(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
+    def loss_terms(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
         z, z_mixed = two_view_features(y_pred), two_view_features(y_masked)
         half = ops.shape(masked.own)[0] // 2
         kept = ops.where(masked.applied, masked.own, 0.0)[:half]  # w per image, from view 1
         kept = ops.stop_gradient(kept)
-        loss = clean_loss + self.ssl_weight * self._loss(z, positive_features=z_mixed, sample_weight=kept)
+        terms = {"clean": clean_loss,
+                 "masked": self.ssl_weight * self._loss(z, positive_features=z_mixed, sample_weight=kept)}
         if self.supcon_positives:
-            loss = loss + self.supcon_weight * self._loss(
+            terms["masked_supcon"] = self.supcon_weight * self._loss(
                 z, y, positive_features=z_mixed, sample_weight=kept)
-        return loss
+        return terms
 
     def metrics(self, trainer, x, y, y_pred, sample_weight=None):
         # Labels index images, predictions are features of two views: the loss only.

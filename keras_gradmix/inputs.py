@@ -14,8 +14,6 @@ weight changes) to resolve ``layer=None`` from real attribution maps.
 
 from __future__ import annotations
 
-import itertools
-
 import keras
 import numpy as np
 
@@ -51,6 +49,12 @@ def _head(value, size):
     return keras.tree.map_structure(lambda a: a[:size] if _is_array(a) else a, value)
 
 
+def _chain(first, rest):
+    """A generator (what Keras accepts) of ``first`` and then ``rest``."""
+    yield first
+    yield from rest
+
+
 def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
     """``(x, y, sample_weight, data)`` of the first batch, and the data to pass
     on to ``fit`` (unchanged, or an equivalent iterator when the data is a
@@ -77,7 +81,7 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
     elif hasattr(x, "__next__"):  # one pass: read the first batch, hand on the rest too
         batch = next(x, None)
         if batch is not None:
-            x = itertools.chain([batch], x)
+            x = _chain(batch, x)
     if batch is None:
         return None, None, None, x
     if isinstance(batch, list):

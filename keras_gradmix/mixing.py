@@ -9,6 +9,7 @@ Pure, XLA-compilable functions (``keras.ops``)::
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import keras
@@ -24,6 +25,8 @@ def validate_fill(fill) -> str | float:
             f"fill must be 'noise', 'mix' or a number (a constant pixel value), "
             f"got {fill!r}."
         )
+    if not isinstance(fill, str) and not math.isfinite(fill):
+        raise ValueError(f"A constant fill must be a finite number, got {fill!r}.")
     if isinstance(fill, str) and fill not in FILLS:
         raise ValueError(
             f"fill must be 'noise', 'mix' or a number (a constant pixel value), "

@@ -8,58 +8,61 @@ backend steps in :mod:`keras_gradmix.steps` call; only they differentiate).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
-import logging
-import warnings
 from typing import Any, Sequence
 
 import keras
 from keras import ops
 
-from keras_gradmix import compat
-from keras_gradmix.attribution import METHODS, attribution_maps
-from keras_gradmix.config import GradMixConfig
+from keras_gradmix import compat, inspection
+from keras_gradmix.attribution import attribution_maps
+from keras_gradmix.config import GradMixConfig, split_options
 from keras_gradmix.inputs import default_value_range, first_batch, image_converter
-from keras_gradmix.objectives import Classification, Objective
+from keras_gradmix.objectives import TERMS, Classification, Objective
 from keras_gradmix.tap import (
     LayerTap,
     candidate_layers,
-    graph_output_shape,
-    image_layer_paths,
+    checked_layer,
     pick_layer,
     resolve_layer,
-    spatial_candidates,
     tapped_outputs,
 )
 from keras_gradmix.tokens import as_feature_map
 from keras_gradmix.transform import MaskedBatch, apply_transformation, sample_transformation
 
-logger = logging.getLogger("keras_gradmix")
-
 _KERAS_ARGUMENTS = ("name", "dtype", "trainable")
 
 
+NONFINITE = "gradmix_nonfinite"  # the step's per-batch log the callback below reads
+
+
 class _EpochCounter(keras.callbacks.Callback):
-    # Feeds the epoch to the compiled step (for warmup_epochs) without retracing.
+    """Feeds the epoch to the compiled step (for warmup_epochs) without
+    retracing, and stops training with a clear error when a term of the loss
+    is not finite (and keeps that diagnostic out of the logs)."""
+
     def __init__(self, variable):
         super().__init__()
         self.variable = variable
+        self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
         self.variable.assign(epoch)
 
+    def on_train_batch_end(self, batch, logs=None):
+        code = int((logs or {}).pop(NONFINITE, 0))
+        if code:
+            names = [name for bit, name in enumerate(TERMS) if code & 2**bit]
+            raise FloatingPointError(
+                f"GradMix: the loss is not finite at epoch {self.epoch}, batch {batch}: the "
+                f"{' and '.join(names)} term{'s' if len(names) > 1 else ''} "
+                f"({', '.join(repr(n) for n in names)} in keras_gradmix.objectives.TERMS). "
+                f"Usual causes: a learning rate too high, float16 overflow, inputs or labels "
+                f"out of range. The weights of this batch were applied.")
 
-def _split_options(kwargs: dict) -> tuple[dict, dict]:
-    """GradMix options and ``keras.Model`` arguments; anything else is an error."""
-    fields = GradMixConfig.fields()
-    unknown = [k for k in kwargs if k not in fields and k not in _KERAS_ARGUMENTS]
-    if unknown:
-        hints = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
-        hint = "".join(f" Did you mean {v[0]!r} for {k!r}?" for k, v in hints.items() if v)
-        raise ValueError(f"Unknown GradMix option(s) {unknown}.{hint} Options: {list(fields)}.")
-    options = {k: v for k, v in kwargs.items() if k in fields}
-    return options, {k: v for k, v in kwargs.items() if k not in fields}
+    def on_epoch_end(self, epoch, logs=None):
+        (logs or {}).pop(NONFINITE, None)
 
 
 @keras.saving.register_keras_serializable(package="keras_gradmix")
@@ -133,12 +136,12 @@ class GradMixModel(keras.Model):
         options: GradMixConfig | None = None,
         **kwargs: Any,
     ):
-        option_kwargs, keras_kwargs = _split_options(kwargs)
+        option_kwargs, keras_kwargs = split_options(kwargs, _KERAS_ARGUMENTS)
         super().__init__(**keras_kwargs)
         if not isinstance(model, keras.Model):
             raise ValueError(f"GradMixModel wraps a keras.Model, got {type(model).__name__}.")
         self.model = model
-        self.layer = _checked_layer(model, layer)
+        self.layer = checked_layer(model, layer)
         options = (options or GradMixConfig()).replace(**option_kwargs)
         if options.value_range is None:
             options = options.replace(value_range=default_value_range(model))
@@ -154,6 +157,8 @@ class GradMixModel(keras.Model):
         self.objective.check_options(self.options)
         self.seed_generator = keras.random.SeedGenerator(self.options.seed)
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="gradmix_epoch")
+        if model.built:  # what callbacks such as BackupAndRestore check
+            self.built = True
 
     @property
     def layer_paths(self) -> list[str] | None:
@@ -175,54 +180,46 @@ class GradMixModel(keras.Model):
         return self.model(inputs, training=training)
 
     # ------------------------------------------------------------- configure
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        if jit_compile is True and keras.backend.backend() == "torch":
+            raise ValueError(
+                "GradMix does not run under jit_compile=True on the PyTorch backend: "
+                "torch.compile cannot trace the attribution gradients (and on the CPU it "
+                "made even plain Keras training slower, docs/results/step_cost.md). Use "
+                "jit_compile=False (the default on PyTorch), or XLA with TensorFlow or JAX.")
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
     def fit(self, *args, **kwargs):
-        """``keras.Model.fit``, plus a look at the first batch (see
-        :meth:`inspect_batch`) and a callback that tells the step the epoch."""
+        """``keras.Model.fit``, plus one look at the first batch
+        (:mod:`keras_gradmix.inspection`) and a callback that tells the step
+        the epoch."""
         arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
         arguments.pop("self")
-        arguments.update(arguments.pop("kwargs", {}))
         x, y, sample_weight, arguments["x"] = first_batch(
             arguments.get("x"), arguments.get("y"), arguments.get("sample_weight"),
             arguments.get("batch_size"))
         if x is not None:
-            self.inspect_batch(x, y)
-        arguments["callbacks"] = [*(arguments.get("callbacks") or []), _EpochCounter(self.epoch)]
+            self.inspect_batch(x, y, sample_weight)
+        # First, so that no other callback sees the step's non-finite diagnostic.
+        arguments["callbacks"] = [_EpochCounter(self.epoch), *(arguments.get("callbacks") or [])]
         return super().fit(**arguments)
 
-    def train_on_batch(self, x, y=None, *args, **kwargs):
-        self.inspect_batch(x, y)
-        return super().train_on_batch(x, y, *args, **kwargs)
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        self.inspect_batch(x, y, sample_weight)
+        logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
+        counter = _EpochCounter(self.epoch)
+        counter.epoch = int(ops.convert_to_numpy(self.epoch))
+        counter.on_train_batch_end(0, logs)  # raises for a non-finite term, drops the code
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
 
-    def inspect_batch(self, x, y):
-        """A look at one batch, eagerly, before training on it: resolves
-        ``layer=None`` to the last candidate layer whose maps are not all flat,
-        and warns once when the attributed layers' maps are all flat (nothing
-        would be masked), naming the layer to use instead."""
-        if getattr(self, "_inspected", False) and self.layer is not None:
-            return
-        x = self.objective.prepare_inputs(ops.convert_to_tensor(x))
-        if self.layer is None:
-            choice, candidates = self._last_non_flat(x, y)
-            if choice is None and candidates:
-                warnings.warn(
-                    f"GradMix: every candidate layer of {self.model.name!r} gives flat "
-                    f"attribution maps on the first batch; layer=None falls back to the "
-                    f"last one, {candidates[-1]!r}, where nothing will be masked until "
-                    f"its gradients differ.", stacklevel=3)
-                choice = candidates[-1]
-            self.layer = choice
-        elif _all_flat(self._maps(x, y, self.layer_paths)):
-            better, _ = self._last_non_flat(x, y)
-            hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
-                    if better else "no layer of the model gives non-flat maps on it")
-            warnings.warn(
-                f"GradMix: every attribution map of layer={self.layer!r} is flat on the "
-                f"first batch, so nothing will be masked. The score's gradient does not "
-                f"reach those outputs (e.g. a transformer pooled by its class token "
-                f"leaves the last block's patch tokens without gradient); {hint}.",
-                stacklevel=3,
-            )
-        self._inspected = True
+    def inspect_batch(self, x, y=None, sample_weight=None):
+        """Checks a batch and resolves ``layer=None`` before training on it
+        (see :mod:`keras_gradmix.inspection`); ``fit`` calls it."""
+        inspection.inspect_batch(self, x, y, sample_weight)
+        self.built = True  # the wrapped model is built now (BackupAndRestore checks)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The objective's loss of a clean batch (``evaluate`` uses it)."""
@@ -242,6 +239,19 @@ class GradMixModel(keras.Model):
             config["objective"] = keras.saving.serialize_keras_object(self.objective)
         return config
 
+    def save_own_variables(self, store):
+        """The wrapper's own state: the epoch counter and the seed generator's
+        state, which Keras does not save by itself; so a run restored from a
+        checkpoint (``BackupAndRestore``, ``load_weights``) draws the masks an
+        uninterrupted run draws."""
+        for i, variable in enumerate(compat.own_variables(self) + [self.seed_generator.state]):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        variables = compat.own_variables(self) + [self.seed_generator.state]
+        for i, variable in enumerate(variables[: len(store.keys())]):
+            variable.assign(store[str(i)])
+
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
@@ -254,7 +264,7 @@ class GradMixModel(keras.Model):
 
     # ------------------------------------------------------------------ step
     def train_step(self, *args, **kwargs):
-        return _backend_step().train_step(self, *args, **kwargs)
+        return backend_step().train_step(self, *args, **kwargs)
 
     def preview(self, images, labels, seed: int = 0) -> MaskedBatch:
         """What training would do to ``images`` now: maps, masks, trained images.
@@ -266,7 +276,7 @@ class GradMixModel(keras.Model):
         images = self.objective.prepare_inputs(images)
         layer = self.layer
         try:
-            activations, gradients = _backend_step().attribute(self, images, labels)
+            activations, gradients = backend_step().attribute(self, images, labels)
         finally:
             self.layer = layer  # layer=None stays unresolved until training
         return self.masked_batch(images, activations, gradients, seed=keras.random.SeedGenerator(seed))
@@ -297,34 +307,7 @@ class GradMixModel(keras.Model):
             self.layer = pick_layer(tap, image_size, self.model.name, self.options)
         return tapped_outputs(tap, self.layer_paths, self.model.name, image_size, self.options)
 
-    def _maps(self, x, y, paths) -> list:
-        """Each layer's own attribution maps of the batch ``x``, inference mode."""
-        layer = self.layer
-        self.layer = list(paths)
-        try:
-            activations, gradients = _backend_step().attribute(self, x, y)
-        finally:
-            self.layer = layer
-        size = x.shape[1:3]
-        return [METHODS[self.options.attribution](*self._feature_maps([a, g], size))
-                for a, g in zip(activations, gradients)]
-
-    def _last_non_flat(self, x, y) -> tuple[str | None, list[str]]:
-        """The last candidate layer (call order) whose maps of ``x`` are not
-        all flat (None if none is), and the candidates."""
-        self.check_step_ready(x, training=False)
-        with LayerTap(candidate_layers(self.model)) as tap:
-            self(x, training=False)
-        candidates = spatial_candidates(tap, x.shape[1:3], self.options)
-        if not candidates:
-            return None, candidates
-        maps = self._maps(x, y, candidates)
-        found = [path for path, m in zip(candidates, maps) if not _all_flat([m])]
-        if found:
-            logger.info("GradMix attributes the output of layer %r (layer=None).", found[-1])
-        return (found[-1] if found else None), candidates
-
-    def _feature_maps(self, tensors, image_size) -> list:
+    def feature_maps(self, tensors, image_size) -> list:
         """4-D maps as they are, transformer tokens on their patch grid."""
         o = self.options
         return [as_feature_map(t, image_size, o.prefix_tokens, o.token_grid) for t in tensors]
@@ -365,7 +348,7 @@ class GradMixModel(keras.Model):
         if not isinstance(activations, (list, tuple)):
             activations, gradients = [activations], [gradients]
         maps = attribution_maps(
-            self._feature_maps(activations, size), self._feature_maps(gradients, size), size,
+            self.feature_maps(activations, size), self.feature_maps(gradients, size), size,
             self.options.attribution, self.options.normalize,
         )
         batch = ops.shape(images)[0]
@@ -394,9 +377,24 @@ class GradMixModel(keras.Model):
         for variable, value in zip(variables, saved):
             variable.assign(value)
 
-    def gradmix_loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked: MaskedBatch):
-        """Total loss of a step (see the objective)."""
-        return self.objective.loss(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+    def gradmix_terms(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked: MaskedBatch) -> dict:
+        """The named terms of a step's loss (see the objective); the loss is their sum."""
+        return self.objective.loss_terms(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+
+    def gradmix_loss(self, *args) -> object:
+        """Total loss of a step: the sum of :meth:`gradmix_terms`."""
+        return sum(self.gradmix_terms(*args).values())
+
+    @staticmethod
+    def nonfinite_code(terms: dict):
+        """An int32 scalar: bit ``i`` set when term ``TERMS[i]`` is not finite
+        (read by the callback that ``fit`` adds, which names the term)."""
+        code = ops.zeros((), "int32")
+        for bit, name in enumerate(TERMS):
+            if name in terms:
+                bad = ops.logical_not(ops.all(ops.isfinite(terms[name])))
+                code = code + ops.cast(bad, "int32") * (2**bit)
+        return code
 
     def check_images(self, x):
         if isinstance(x, (list, tuple, dict)):
@@ -417,34 +415,7 @@ class GradMixModel(keras.Model):
             )
 
 
-def _checked_layer(model, layer):
-    """``layer`` as a path or a list of paths, each found in ``model`` and, where
-    the graph tells, with a 4-D map or a 3-D token output."""
-    if isinstance(layer, (list, tuple)):
-        if not layer:
-            raise ValueError("layer must name at least one layer, got [].")
-        layer = list(layer)
-    for path in [] if layer is None else layer if isinstance(layer, list) else [layer]:
-        shape = graph_output_shape(resolve_layer(model, path))
-        if shape is not None and len(shape) not in (3, 4):
-            raise ValueError(
-                f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
-                f"(batch, height, width, channels) feature map or (batch, tokens, "
-                f"channels) transformer tokens. Candidates: {image_layer_paths(model)}."
-            )
-    return layer
-
-
-def _all_flat(maps) -> bool:
-    """Whether every map of every image is constant (no peak anywhere)."""
-    for m in maps:
-        m = ops.convert_to_numpy(m).reshape(len(m), -1)
-        if (m.max(axis=1) > m.min(axis=1)).any():
-            return False
-    return True
-
-
-def _backend_step():
+def backend_step():
     """The backend's step module: the only code that differentiates."""
     backend = keras.backend.backend()
     if backend == "tensorflow":

@@ -20,6 +20,10 @@ from keras import ops
 from keras_gradmix import compat
 from keras_gradmix.attribution import target_scores
 
+# The terms a step's loss may have, in the order of their bits in the
+# non-finite check (see GradMixModel.nonfinite_code).
+TERMS = ("clean", "masked", "partner", "masked_supcon")
+
 
 class Objective:
     """Base class: the hooks a GradMix step calls, with classifier defaults."""
@@ -50,9 +54,14 @@ class Objective:
         """``(B,)`` bool: images that may be masked; None for all."""
         return None
 
-    def loss(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
-        """Total loss of a step from the clean and the masked forward."""
+    def loss_terms(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked) -> dict:
+        """The named terms of a step's loss (``TERMS``), from the clean and the
+        masked forward; the loss is their sum."""
         raise NotImplementedError
+
+    def loss(self, *args) -> object:
+        """Total loss of a step: the sum of :meth:`loss_terms`."""
+        return sum(self.loss_terms(*args).values())
 
     def metrics(self, trainer, x, y, y_pred, sample_weight=None) -> dict:
         """The step's logs (clean predictions)."""
@@ -101,21 +110,23 @@ class Classification(Objective):
             return ops.sum(ops.cast(target(y, y_pred), "float32"))
         return ops.sum(target_scores(labels_as_onehot(trainer, y, y_pred), y_pred, target))
 
-    def loss(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
+    def loss_terms(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
         def weighted(w):
             return w if sample_weight is None else w * ops.cast(sample_weight, "float32")
 
+        terms = {}
         if trainer.options.mode == "paired":
             own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term
-            loss = clean_loss + compat.compiled_loss(trainer, y, y_masked, weighted(own), track=False)
+            terms["clean"] = clean_loss
+            terms["masked"] = compat.compiled_loss(trainer, y, y_masked, weighted(own), track=False)
         else:  # regularisation losses of the masked pass enter once, here
             own = weighted(masked.own) if masked.partner is not None else sample_weight
-            loss = keras.Model.compute_loss(trainer, x, y, y_masked, own, True)  # logs the masked batch
+            terms["masked"] = keras.Model.compute_loss(trainer, x, y, y_masked, own, True)
         if masked.partner is not None:
             y_partner = keras.tree.map_structure(lambda t: ops.take(t, masked.partner, axis=0), y)
-            loss = loss + compat.compiled_loss(
+            terms["partner"] = compat.compiled_loss(
                 trainer, y_partner, y_masked, weighted(masked.pasted), track=False)
-        return loss
+        return terms
 
 
 def attributed_output(trainer, y, y_pred):

@@ -220,3 +220,21 @@ class LayerTap:
                 object.__setattr__(layer, "call", own_call)
         self._saved.clear()
         return False
+
+
+def checked_layer(model, layer):
+    """``layer`` as a path or a list of paths, each found in ``model`` and, where
+    the graph tells, with a 4-D map or a 3-D token output."""
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise ValueError("layer must name at least one layer, got [].")
+        layer = list(layer)
+    for path in [] if layer is None else layer if isinstance(layer, list) else [layer]:
+        shape = graph_output_shape(resolve_layer(model, path))
+        if shape is not None and len(shape) not in (3, 4):
+            raise ValueError(
+                f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
+                f"(batch, height, width, channels) feature map or (batch, tokens, "
+                f"channels) transformer tokens. Candidates: {image_layer_paths(model)}."
+            )
+    return layer

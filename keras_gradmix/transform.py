@@ -105,15 +105,18 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
     """Masks each image where its map peaks and fills the mask; weighs labels.
 
     Pure: the same images, maps and ``transformation`` give the same batch.
-    An image whose map is flat (no peak: nothing the model attends to) is
-    left unmasked.
+    An image whose map is flat (no peak: nothing the model attends to) or not
+    finite (an overflow) is left unmasked.
     """
     t = transformation
     images = ops.convert_to_tensor(images)
     mask, masked = masks.MASKS[options.mask](maps, t.area)
     maps = ops.convert_to_tensor(maps)
+    # A map with a non-finite value (an overflow) is not trusted: zeroed, unmasked.
+    finite = ops.all(ops.isfinite(maps), axis=(1, 2))
+    maps = ops.where(finite[:, None, None], maps, 0.0)
     peaked = ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))
-    applied = ops.logical_and(ops.convert_to_tensor(t.sampled), peaked)
+    applied = ops.logical_and(ops.convert_to_tensor(t.sampled), peaked & finite)
     mask = mask & applied[:, None, None]
     masked = ops.where(applied, masked, 0.0)
     filled = mixing.apply_fill(images, mask, options.fill, partner=t.partner, noise=t.noise)

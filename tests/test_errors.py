@@ -1,170 +1,94 @@
-"""Bad input gets a clear error, at construction or before the first update."""
+"""Every row of the error table (tests/error_table.py, docs/errors.md) on every
+backend: the error, its message, and where it is raised (before any update)."""
+
+import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import (
-    SubclassedCNN,
-    functional_cnn,
-    nested_cnn,
-    sequential_cnn,
-    sparse_ce,
-    subclassed_cnn,
-    tf_only,
-)
+from conftest import sequential_cnn, sparse_ce
+from error_table import CASES, markdown
 
 from keras_gradmix import GradMixModel
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def first_step_error(gm, x, y, match):
-    """The error is raised while tracing the first step: no weight has moved."""
-    before = [w.copy() for w in gm.model.get_weights()]
-    with pytest.raises(ValueError, match=match):
-        gm.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-    if keras.backend.backend() == "jax":
-        return  # Keras' JAX fit() leaves the variables purged after an error
-    for a, b in zip(before, gm.model.get_weights()):
+
+def frames(excinfo) -> list[str]:
+    return [str(entry.path) for entry in excinfo.traceback]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_each_bad_input_gets_its_error_where_the_table_says(case, batch):
+    if keras.backend.backend() not in case.backends:
+        pytest.skip(f"{case.id} concerns {case.backends} only")
+    with pytest.raises(case.error, match=case.match) as excinfo:
+        case.run(batch)
+    seen = frames(excinfo)
+    in_inspection = any(p.endswith("keras_gradmix/inspection.py") for p in seen)
+    in_step = any("keras_gradmix/steps/" in p for p in seen)
+    if case.where in ("construction", "compile"):
+        assert not in_inspection and not in_step
+    elif case.where == "first batch":
+        assert in_inspection, seen
+    elif case.where == "first step":
+        assert in_step and not in_inspection, seen
+
+
+def test_the_documented_table_is_the_tested_one():
+    assert (ROOT / "docs" / "errors.md").read_text() == markdown()
+    assert len(CASES) >= 30
+
+
+def test_an_error_in_the_first_batch_leaves_the_weights_untouched(batch):
+    model = sequential_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    gm = GradMixModel(model, "conv2")
+    gm.compile(optimizer="sgd", loss=sparse_ce())
+    with pytest.raises(ValueError, match="value_range"):
+        gm.fit(255 * batch[0], batch[1], epochs=1, verbose=0)
+    for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
-def compiled(model, **options):
-    gm = GradMixModel(model, **options)
+def test_check_inputs_false_skips_the_first_batch_checks(batch):
+    gm = GradMixModel(sequential_cnn(), "conv2", check_inputs=False, value_range=(0, 1))
     gm.compile(optimizer="sgd", loss=sparse_ce())
-    return gm
+    gm.fit(2.0 * batch[0], batch[1], epochs=1, verbose=0)  # out of range, but not checked
 
 
-# ------------------------------------------------------------ at construction
-def test_unknown_layer_lists_candidates():
-    with pytest.raises(ValueError, match=r"No layer 'conv5'.*\['conv1', 'pool', 'conv2'\]"):
-        GradMixModel(sequential_cnn(), "conv5")
+def test_soft_labels_that_do_not_sum_to_one_warn(batch):
+    gm = GradMixModel(sequential_cnn(), "conv2")
+    gm.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    soft = 0.3 * np.eye(10, dtype="float32")[batch[1]]
+    with pytest.warns(UserWarning, match=r"soft labels whose rows sum to \[0.3, 0.3\]"):
+        gm.fit(batch[0], soft, epochs=1, verbose=0)
+    multi_hot = np.eye(10, dtype="float32")[batch[1]] + np.eye(10, dtype="float32")[(batch[1] + 1) % 10]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="GradMix")
+        gm.fit(batch[0], multi_hot, epochs=1, verbose=0)  # multi-label: no warning
 
 
-def test_layer_must_be_a_name():
-    with pytest.raises(ValueError, match="layer name or a '/'-separated path"):
-        GradMixModel(sequential_cnn(), 3)
-
-
-def test_layer_output_not_4d_in_a_graph():
-    with pytest.raises(ValueError, match=r"'gap' has output shape \(None, 8\).*4-D"):
-        GradMixModel(functional_cnn(), "gap")
-
-
-def test_model_with_several_outputs():
-    inputs = keras.Input((8, 8, 1))
-    h = keras.layers.Conv2D(2, 3, name="conv")(inputs)
-    flat = keras.layers.Flatten()(h)
-    model = keras.Model(inputs, [keras.layers.Dense(3)(flat), keras.layers.Dense(2)(flat)])
-    with pytest.raises(ValueError, match="has 2 outputs; choose the one .* output="):
-        GradMixModel(model, "conv")
-
-
-def test_not_a_keras_model():
-    with pytest.raises(ValueError, match="wraps a keras.Model"):
-        GradMixModel(keras.layers.Conv2D(2, 3), "conv")
-
-
-@pytest.mark.parametrize(
-    "layer,match",
-    [
-        ([], "at least one layer"),
-        (["conv2", "conv9"], "No layer 'conv9'"),
-        (["conv2", "gap"], "'gap' has output shape"),
-    ],
-)
-def test_bad_layer_lists(layer, match):
-    with pytest.raises(ValueError, match=match):
-        GradMixModel(sequential_cnn(), layer)
-
-
-def test_a_functional_layer_that_does_not_reach_the_output():
-    inputs = keras.Input((8, 8, 1))
-    keras.layers.Conv2D(2, 3, name="side")(inputs)  # called on the input, unused
-    h = keras.layers.Conv2D(2, 3, name="conv")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
-    with pytest.raises(ValueError, match="'side' .* is called on the inputs of .* does not reach"):
-        GradMixModel(model, "side")
-
-
-# ------------------------------------------------------- at the first step
-def test_layer_output_not_4d_in_a_subclassed_model(batch):
-    first_step_error(compiled(subclassed_cnn(), layer="gap"), *batch, r"'gap' returned \(8, 8\).*4-D")
-
-
-@pytest.mark.parametrize("y", [np.zeros((8, 3)), np.zeros((8, 10, 2)), np.zeros((8, 2))])
-def test_labels_fit_neither_sparse_nor_one_hot(batch, y):
-    first_step_error(compiled(sequential_cnn(), layer="conv2"), batch[0], y, "fit neither sparse")
-
-
-def test_images_must_be_4d():
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(4)])
-    x, y = np.zeros((4, 16), "float32"), np.zeros(4, "int32")
-    first_step_error(compiled(model), x, y, r"images of shape \(batch, height, width, channels\)")
-
-
-@tf_only("JAX and PyTorch steps always see concrete image sizes")
-def test_image_size_must_be_static():
+def test_the_checks_read_tf_data_and_pydataset_without_consuming_them(batch):
     import tensorflow as tf
 
-    model = keras.Sequential(
-        [keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3, name="conv"),
-         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
-    )
-    ds = tf.data.Dataset.from_generator(
-        lambda: iter([(np.zeros((2, 8, 8, 1), "float32"), np.zeros(2, "int32"))]),
-        output_signature=(tf.TensorSpec((None, None, None, 1)), tf.TensorSpec((None,), tf.int32)),
-    )
-    gm = compiled(model, layer="conv")
-    with pytest.raises(ValueError, match="height and width are known"):
-        gm.fit(ds, epochs=1, verbose=0)
+    x, y = 255 * batch[0], batch[1]
 
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
 
-def test_no_4d_layer_for_layer_none():
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
-    x, y = np.zeros((2, 4, 4, 1), "float32"), np.zeros(2, "int32")
-    first_step_error(compiled(model), x, y, "No layer .* has a 4-D")
+        def __getitem__(self, i):
+            return x, y
 
-
-def test_several_outputs_from_a_subclassed_model(batch):
-    class TwoHeads(SubclassedCNN):
-        def call(self, x, training=None):
-            h = self.gap(self.conv2(self.pool(self.conv1(x))))
-            return self.logits(h), h
-
-    model = TwoHeads()
-    model(batch[0])
-    first_step_error(compiled(model, layer="conv2"), *batch, r"has 2 outputs .*output=")
-
-
-def test_layer_that_runs_twice(batch):
-    class Twice(SubclassedCNN):
-        def call(self, x, training=None):
-            h = self.conv1(x)
-            return self.logits(self.gap(self.conv1(h[..., :1])))
-
-    model = Twice()
-    model(batch[0])
-    first_step_error(compiled(model, layer="conv1"), *batch, "ran 2 times")
-
-
-def test_layer_not_on_the_path_to_the_output(batch):
-    class SideBranch(SubclassedCNN):
-        def call(self, x, training=None):
-            self.conv2(self.pool(self.conv1(x)))  # computed, unused
-            return self.logits(self.gap(self.conv1(x)))
-
-    model = SideBranch()
-    model(batch[0])
-    first_step_error(compiled(model, layer="conv2"), *batch, "does not depend on layer 'conv2'")
-
-
-def test_single_unit_binary_classifier_trains_with_the_label_target(batch):
-    gm = GradMixModel(sequential_cnn(classes=1), "conv2", attribution="layercam")
-    gm.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    y = (batch[1] % 2).astype("float32")[:, None]
-    assert np.isfinite(gm.fit(batch[0], y, epochs=1, verbose=0).history["loss"]).all()
-
-
-def test_compile_without_loss(batch):
-    gm = GradMixModel(nested_cnn(), "backbone/conv2")
-    gm.compile(optimizer="sgd")
-    first_step_error(gm, *batch, "compile it with one")
+    for data in (tf.data.Dataset.from_tensor_slices((x, y)).batch(8), Batches()):
+        gm = GradMixModel(sequential_cnn(), "conv2")
+        gm.compile(optimizer="sgd", loss=sparse_ce())
+        with pytest.raises(ValueError, match=r"pixels span \[[0-9.]+, 255\]"):
+            gm.fit(data, epochs=1, verbose=0)
+    generator = (b for b in [(x / 255, y), (x / 255, y)])
+    gm = GradMixModel(sequential_cnn(), "conv2")
+    gm.compile(optimizer="sgd", loss=sparse_ce())
+    history = gm.fit(generator, epochs=1, verbose=0)  # the peeked batch is trained on too
+    assert len(history.history["loss"]) == 1

@@ -147,3 +147,21 @@ def test_noise_is_drawn_in_raw_pixels_then_standardised():
     assert 0 <= u.min() and u.max() <= 255
     expected = (u - np.array([100.0, 120.0, 140.0])) / np.array([50.0, 60.0, 70.0])
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_maps_never_make_nan_masks():
+    gm = GradMixModel(sequential_cnn(), "conv2", fill="mix", label_mode="attribution", seed=0)
+    rng = np.random.default_rng(0)
+    acts = rng.random((3, 4, 4, 2)).astype("float32")
+    grads = rng.random((3, 4, 4, 2)).astype("float32")
+    grads[0, 1, 1, 0] = np.inf  # e.g. a float16 overflow
+    grads[1, 2, 3, 1] = np.nan
+    images = rng.random((3, 8, 8, 1)).astype("float32")
+    for normalize in ("image", "batch"):
+        gm.options = gm.options.replace(normalize=normalize)
+        out = gm.masked_batch(images, [acts], [grads], seed=0)
+        np.testing.assert_array_equal(to_numpy(out.applied), [False, False, True])
+        for value in (out.maps, out.own, out.pasted, out.images):
+            assert np.isfinite(to_numpy(value)).all()
+        np.testing.assert_array_equal(to_numpy(out.images)[:2], images[:2])
+        assert to_numpy(out.mask)[2].any() and not to_numpy(out.mask)[:2].any()

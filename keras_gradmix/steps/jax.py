@@ -16,6 +16,7 @@ import keras
 from jax.extend.core import Literal
 
 from keras_gradmix import compat
+from keras_gradmix.model import NONFINITE
 
 
 def _current(scope, variables):
@@ -128,18 +129,20 @@ def train_step(gm, state, data):
                 for variable, value in zip(model_state, updated):
                     variable.assign(value)
             with compat.forward_losses(gm, losses):
-                loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+                terms = gm.gradmix_terms(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+            loss = sum(terms.values())
             scaled = gm.optimizer.scale_loss(loss)
         updated = _current(scope, gm.non_trainable_variables), _current(scope, gm.metrics_variables)
-        return scaled, (loss, y_pred, updated)
+        return scaled, (loss, y_pred, updated, gm.nonfinite_code(terms))
 
-    (_, (loss, y_pred, (non_trainable, metrics_variables))), grads = jax.value_and_grad(
+    (_, (loss, y_pred, (non_trainable, metrics_variables), code)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(trainable)
     trainable, optimizer_variables = gm.optimizer.stateless_apply(
         optimizer_variables, grads, trainable
     )
     logs, metrics_variables = update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight)
+    logs = {**logs, NONFINITE: code}
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 

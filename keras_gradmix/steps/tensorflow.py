@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from keras_gradmix import compat
+from keras_gradmix.model import NONFINITE
 
 
 def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
@@ -58,7 +59,8 @@ def train_step(gm, data):
             masked = gm.masked_batch(x, activations, gradients)
         with gm.masked_pass_statistics():
             y_masked = gm(masked.images, training=True)
-        loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+        terms = gm.gradmix_terms(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+        loss = sum(terms.values())
         compat.loss_tracker(gm).update_state(
             compat.unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
         )
@@ -69,4 +71,5 @@ def train_step(gm, data):
     gradients = tape.gradient(loss, trainable_weights)
     del tape
     gm.optimizer.apply_gradients(zip(gradients, trainable_weights))
-    return gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return {**logs, NONFINITE: gm.nonfinite_code(terms)}

@@ -13,6 +13,7 @@ import keras
 import torch
 
 from keras_gradmix import compat
+from keras_gradmix.model import NONFINITE
 
 
 def _require_grad(output):
@@ -62,7 +63,8 @@ def train_step(gm, data):
         masked = gm.masked_batch(x, activations, gradients)
     with gm.masked_pass_statistics():
         y_masked = gm(masked.images, training=True)
-    loss = gm.gradmix_loss(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+    terms = gm.gradmix_terms(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
+    loss = sum(terms.values())
     compat.loss_tracker(gm).update_state(loss, sample_weight=x.shape[0])
     if gm.optimizer is not None:
         loss = gm.optimizer.scale_loss(loss)
@@ -73,4 +75,5 @@ def train_step(gm, data):
         gradients = [v.value.grad for v in trainable_weights]
         with torch.no_grad():
             gm.optimizer.apply(gradients, trainable_weights)
-    return gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return {**logs, NONFINITE: gm.nonfinite_code(terms)}

@@ -1,0 +1,188 @@
+"""One look at the first batch, eagerly, before any weight changes.
+
+``GradMixModel.fit`` (and ``train_on_batch``) call :func:`inspect_batch` on
+the first batch (read without consuming the user's data,
+:func:`keras_gradmix.inputs.first_batch`):
+
+* the inputs are checked in NumPy, so every backend says the same
+  (``check_inputs=False`` skips it): pixels finite and inside ``value_range``,
+  labels numbers, class indices inside ``[0, classes)``, one-hot rows that are
+  probabilities, sample weights finite and non-negative;
+* ``layer=None`` is resolved to the last candidate layer whose attribution
+  maps are not all flat;
+* an attributed layer whose maps are all flat (nothing would be masked, e.g.
+  the class-token trap of transformers) is named once, with the layer to use.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gradmix.attribution import METHODS
+from keras_gradmix.objectives import Classification, attributed_output
+from keras_gradmix.tap import LayerTap, candidate_layers, spatial_candidates
+
+logger = logging.getLogger("keras_gradmix")
+
+
+def inspect_batch(gm, x, y, sample_weight=None):
+    """Checks the batch and resolves the attributed layer (see the module)."""
+    x = gm.objective.prepare_inputs(ops.convert_to_tensor(x) if not _is_text(x) else x)
+    if gm.options.check_inputs:
+        check_inputs(gm, x, y, sample_weight)
+    if gm.layer is None:
+        choice, candidates = last_non_flat(gm, x, y)
+        if choice is None and candidates:
+            warnings.warn(
+                f"GradMix: every candidate layer of {gm.model.name!r} gives flat "
+                f"attribution maps on the first batch; layer=None falls back to the last "
+                f"one, {candidates[-1]!r}, where nothing will be masked until its "
+                f"gradients differ.", stacklevel=4)
+            choice = candidates[-1]
+        gm.layer = choice
+    elif not getattr(gm, "_flat_warned", False) and all_flat(layer_maps(gm, x, y, gm.layer_paths)):
+        better, _ = last_non_flat(gm, x, y)
+        hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
+                if better else "no layer of the model gives non-flat maps on it")
+        warnings.warn(
+            f"GradMix: every attribution map of layer={gm.layer!r} is flat on the first "
+            f"batch, so nothing will be masked. The score's gradient does not reach "
+            f"those outputs (e.g. a transformer pooled by its class token leaves the "
+            f"last block's patch tokens without gradient); {hint}.", stacklevel=4)
+        gm._flat_warned = True
+
+
+def layer_maps(gm, x, y, paths) -> list:
+    """Each layer's own attribution maps of the batch ``x``, inference mode."""
+    from keras_gradmix.model import backend_step
+
+    layer = gm.layer
+    gm.layer = list(paths)
+    try:
+        activations, gradients = backend_step().attribute(gm, x, y)
+    finally:
+        gm.layer = layer
+    size = x.shape[1:3]
+    method = METHODS[gm.options.attribution]
+    return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]
+
+
+def last_non_flat(gm, x, y) -> tuple[str | None, list[str]]:
+    """The last candidate layer (call order) whose maps of ``x`` are not all
+    flat (None if none is), and the candidates."""
+    gm.check_step_ready(x, training=False)
+    with LayerTap(candidate_layers(gm.model)) as tap:
+        gm(x, training=False)
+    candidates = spatial_candidates(tap, x.shape[1:3], gm.options)
+    if not candidates:
+        return None, candidates
+    maps = layer_maps(gm, x, y, candidates)
+    found = [path for path, m in zip(candidates, maps) if not all_flat([m])]
+    if found:
+        logger.info("GradMix attributes the output of layer %r (layer=None).", found[-1])
+    return (found[-1] if found else None), candidates
+
+
+def all_flat(maps) -> bool:
+    """Whether every map of every image is constant (no peak anywhere)."""
+    for m in maps:
+        m = ops.convert_to_numpy(m).reshape(len(m), -1)
+        if (m.max(axis=1) > m.min(axis=1)).any():
+            return False
+    return True
+
+
+# ------------------------------------------------------------------ inputs
+def _is_text(value) -> bool:
+    array = np.asarray(value) if not keras.ops.is_tensor(value) else None
+    if array is None:
+        dtype = str(getattr(value, "dtype", ""))
+        return "string" in dtype or dtype in ("object", "str")
+    return array.dtype.kind in "OSU"
+
+
+def _numpy(value):
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def check_inputs(gm, x, y, sample_weight=None):
+    """Raises a ValueError naming the problem and the fix for a bad batch."""
+    if _is_text(x):
+        raise ValueError("GradMix: the images are strings; decode them to numbers first "
+                         "(e.g. keras.utils.load_img or tf.io.decode_image).")
+    pixels = _numpy(x).astype(np.float64)
+    bad = int((~np.isfinite(pixels)).sum())
+    if bad:
+        raise ValueError(
+            f"GradMix: the first batch has {bad} non-finite pixel values (NaN or inf); "
+            f"they would spread into the loss. Clean the data first (e.g. np.nan_to_num).")
+    low, high = gm.options.value_range
+    raw = pixels
+    if gm.options.normalization is not None:  # back to raw pixels
+        mean, std = (np.asarray(v) for v in gm.options.normalization)
+        raw = pixels * std + mean
+    tolerance = 1e-3 * (high - low)
+    if raw.min() < low - tolerance or raw.max() > high + tolerance:
+        seen = f"[{raw.min():.4g}, {raw.max():.4g}]"
+        hint = (f"pass value_range=(0, 255), or scale the images to ({low:g}, {high:g}) "
+                f"(e.g. x / 255)") if raw.max() > 2 and high <= 1 else (
+                f"pass value_range=({raw.min():.4g}, {raw.max():.4g}) (the range of your "
+                f"images{', before normalization' if gm.options.normalization else ''})")
+        raise ValueError(
+            f"GradMix: the first batch's pixels span {seen} but value_range is "
+            f"({low:g}, {high:g}): the noise is drawn in value_range, so it would not "
+            f"look like your pixels. Fix: {hint}.")
+    if sample_weight is not None:
+        weights = _numpy(sample_weight).astype(np.float64)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("GradMix: sample weights must be finite and >= 0; the first "
+                             f"batch has values in [{np.nanmin(weights):.4g}, "
+                             f"{np.nanmax(weights):.4g}] (NaN: {np.isnan(weights).any()}).")
+    if isinstance(gm.objective, Classification) and y is not None:
+        _check_labels(gm, x, y)
+
+
+def _check_labels(gm, x, y):
+    if any(_is_text(v) for v in keras.tree.flatten(y)):
+        raise ValueError(
+            "GradMix: the labels are strings; map them to integer class indices first, "
+            "e.g. with keras.layers.StringLookup(num_oov_indices=0) or a dict.")
+    y_pred = gm(x[:1], training=False)
+    labels, pred = attributed_output(gm, y, y_pred)
+    classes = pred.shape[-1]
+    labels = _numpy(labels)
+    if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
+        raise ValueError(f"GradMix: labels of dtype {labels.dtype} are not numbers.")
+    if not np.isfinite(labels.astype(np.float64)).all():
+        raise ValueError("GradMix: the first batch has non-finite labels (NaN or inf).")
+    sparse = labels.ndim == 1 or (labels.ndim == 2 and labels.shape[-1] == 1 and classes != 1)
+    if classes == 1:
+        if not np.isin(labels, (0, 1)).all() and (labels.min() < 0 or labels.max() > 1):
+            raise ValueError(
+                f"GradMix: a single-logit binary classifier takes labels in [0, 1]; the "
+                f"first batch has labels from {labels.min():g} to {labels.max():g}.")
+    elif sparse:
+        if labels.min() < 0 or labels.max() >= classes or (labels != np.round(labels)).any():
+            raise ValueError(
+                f"GradMix: labels must be class indices in [0, {classes}) for a model with "
+                f"{classes} outputs; the first batch has labels from {labels.min():g} to "
+                f"{labels.max():g}. Remap them (e.g. the known classes of an open-set "
+                f"split to 0..{classes - 1}) or give the model {int(labels.max()) + 1} outputs.")
+    elif labels.ndim == 2 and labels.shape[-1] == classes:
+        if labels.min() < 0 or labels.max() > 1:
+            raise ValueError(
+                f"GradMix: one-hot (or soft, or multi-hot) labels must lie in [0, 1]; the "
+                f"first batch has values from {labels.min():g} to {labels.max():g}.")
+        sums = labels.sum(axis=1)
+        multi_hot = np.isin(labels, (0, 1)).all()
+        if not multi_hot and not np.allclose(sums, 1.0, atol=1e-3):
+            warnings.warn(
+                f"GradMix: soft labels whose rows sum to [{sums.min():.3g}, {sums.max():.3g}] "
+                f"rather than 1; target='label' weighs each class by its label, so the "
+                f"attributed score is scaled per image. A warning, not an error: mixed "
+                f"labels (e.g. from MixUp) are fine if that is what you meant.", stacklevel=5)
