@@ -3,7 +3,7 @@
 ``CutMix``: the same box maths on a random map (a random centre), the box
 pasted from a partner, labels mixed by area; any backend (Keras' own step).
 ``ReferenceStyle``: paired GradMix at the cost of the authors' code, on
-TensorFlow and JAX.
+TensorFlow, JAX and PyTorch.
 """
 
 from __future__ import annotations
@@ -81,9 +81,8 @@ class ReferenceStyle(GradMixModel):
         return self.gradmix_loss(x, y, y_pred, clean_loss, y_masked, None, masked), y_pred
 
     def train_step(self, *args):
-        if keras.backend.backend() == "jax":
-            return _reference_step_jax(self, *args)
-        return _reference_step_tensorflow(self, *args)
+        step = {"jax": _reference_step_jax, "torch": _reference_step_torch}
+        return step.get(keras.backend.backend(), _reference_step_tensorflow)(self, *args)
 
 
 def _reference_step_tensorflow(gm, data):
@@ -150,3 +149,22 @@ def _reference_step_jax(gm, state, data):
     logs, metrics_variables = update_metrics(gm, metrics_variables, loss, x, y, y_pred, None)
     logs["attribution_grad_norm"] = jax.numpy.sqrt(sum(jax.numpy.sum(g * g) for g in weight_grads))
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def _reference_step_torch(gm, data):
+    import torch
+
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    weights = [v.value for v in gm.trainable_weights]
+    with gm.tap(on_output=lambda out: out if out.requires_grad else out.requires_grad_()) as tap:
+        score, activations = gm.label_score(x, y, tap)
+    gradients = torch.autograd.grad(score, activations + weights, allow_unused=True)
+    maps_grads, weight_grads = gradients[: len(activations)], gradients[len(activations):]
+    gm.zero_grad()
+    loss, _ = gm.training_loss(x, y, [a.detach() for a in activations], list(maps_grads))
+    compat.loss_tracker(gm).update_state(loss)
+    loss.backward()
+    with torch.no_grad():
+        gm.optimizer.apply([w.grad for w in weights], gm.trainable_weights)
+    norm = torch.sqrt(sum(torch.sum(g * g) for g in weight_grads if g is not None))
+    return {"loss": compat.loss_tracker(gm).result(), "attribution_grad_norm": norm}

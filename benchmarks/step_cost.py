@@ -18,10 +18,16 @@ Variants, each a fresh copy of the same model on the same batch:
 Times are interleaved (one step of each variant per round, A B C ... A B C),
 each step synchronised; compile/warm-up rounds are discarded; medians and
 min-max are reported. Peak memory is measured per variant in a child process
-(process RSS on CPU: VmHWM, reset after the warm-up steps). Writes
-step_cost.json and step_cost.md to --out.
+(process RSS on CPU: VmHWM, reset after the warm-up steps).
 
-    python benchmarks/step_cost.py                 # docs/results/step_cost.{json,md}
+The backend is KERAS_BACKEND's: TensorFlow (steps in ``tf.function``, with
+and without XLA) or PyTorch (eager steps, as Keras runs them; GradMix refuses
+``jit_compile=True`` there). Results are keyed ``backend/model/jit`` and merged
+into --out's step_cost.json (a run replaces its own rows, keeps the others);
+step_cost.md is written from all rows.
+
+    python benchmarks/step_cost.py                          # TensorFlow rows
+    KERAS_BACKEND=torch python benchmarks/step_cost.py --jit off   # PyTorch rows
     python benchmarks/step_cost.py --smoke --out /tmp/step_cost
 """
 
@@ -41,13 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from baselines import CutMix, ReferenceStyle  # noqa: E402
 from timing import interleaved, summary  # noqa: E402
 
 from keras_gradmix import GradMixModel  # noqa: E402
-from keras_gradmix.steps.tensorflow import _forward_and_attribute  # noqa: E402
 from keras_gradmix.zoo import resnet18, small_cnn  # noqa: E402
+
+BACKEND = keras.backend.backend()
+if BACKEND not in ("tensorflow", "torch"):
+    raise SystemExit(f"step_cost.py measures TensorFlow or PyTorch steps, not {BACKEND} "
+                     f"(JAX: benchmarks/gpu_check.py).")
 
 VARIANTS = (
     "forward", "forward-train", "attribute", "plain", "cutmix-replace", "cutmix-paired",
@@ -64,28 +73,62 @@ CLASSES = 10
 
 def attribute_clean(gm, x, y):
     """The attributed activations and gradients of a training-mode clean forward."""
-    with tf.GradientTape() as tape:
-        _, _, activations, gradients = _forward_and_attribute(
-            gm, tape, x, y, None, training=True, need_loss=False)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        from keras_gradmix.steps.tensorflow import _forward_and_attribute
+
+        with tf.GradientTape() as tape:
+            _, _, activations, gradients = _forward_and_attribute(
+                gm, tape, x, y, None, training=True, need_loss=False)
+        return activations, gradients
+    from keras_gradmix.steps.torch import _forward_and_attribute
+
+    _, _, activations, gradients = _forward_and_attribute(
+        gm, x, y, None, training=True, need_loss=False)
     return activations, gradients
+
+
+def compiled(fn, jit):
+    """``fn`` as the backend runs a step: a ``tf.function`` (XLA with ``jit``),
+    or eagerly on PyTorch (where Keras runs steps eagerly by default)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=jit)
+    if jit:
+        raise SystemExit("GradMix refuses jit_compile=True on PyTorch: run with --jit off.")
+    return fn
+
+
+def total(value) -> float:
+    """A synchronising read of a tensor: the sum as a Python float."""
+    return float(keras.ops.convert_to_numpy(keras.ops.sum(value)))
 
 
 def make_step(model_name, variant, jit, batch):
     """A synchronised step function ``step() -> float`` of one variant."""
     build, shape, options = MODELS[model_name]
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.random((batch, *shape), dtype=np.float32))
-    y = tf.constant(rng.integers(0, CLASSES, batch).astype("int32"))
+    x = keras.ops.convert_to_tensor(rng.random((batch, *shape), dtype=np.float32))
+    y = keras.ops.convert_to_tensor(rng.integers(0, CLASSES, batch).astype("int32"))
     model = build()
     if variant in ("forward", "forward-train"):
         training = variant == "forward-train"
-        forward = tf.function(lambda x: model(x, training=training), jit_compile=jit)
-        return lambda: float(tf.reduce_sum(forward(x)))
+        forward = compiled(lambda x: model(x, training=training), jit)
+        if BACKEND == "torch":
+            import torch
+
+            def no_grad_forward(x, forward=forward):
+                with torch.no_grad():
+                    return forward(x)
+
+            return lambda: total(no_grad_forward(x))
+        return lambda: total(forward(x))
     if variant == "attribute":
         gm = GradMixModel(model, mode="replace", seed=0, **options)
-        attribute = tf.function(lambda x, y: gm.masked_batch(x, *attribute_clean(gm, x, y)).images,
-                                jit_compile=jit)
-        return lambda: float(tf.reduce_sum(attribute(x, y)))
+        attribute = compiled(lambda x, y: gm.masked_batch(x, *attribute_clean(gm, x, y)).images, jit)
+        return lambda: total(attribute(x, y))
     trainer = {
         "plain": lambda: model,
         "cutmix-replace": lambda: CutMix(model, paired=False),
@@ -100,8 +143,8 @@ def make_step(model_name, variant, jit, batch):
         jit_compile=False,
     )
     trainer.train_on_batch(x[:2], y[:2])  # builds optimizer and loss state, eagerly
-    train_step = tf.function(trainer.train_step, jit_compile=jit)
-    return lambda: float(train_step((x, y))["loss"])
+    train_step = compiled(trainer.train_step, jit)
+    return lambda: total(train_step((x, y))["loss"])
 
 
 def timings(model_name, jit, batch, rounds, warmup):
@@ -163,26 +206,35 @@ TARGETS = (
 )
 
 
-def markdown(results, meta):
+def markdown(results, runs):
     lines = [
-        "# Step cost: GradMix vs plain, CutMix and a reference-style step",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['device']}  ",
-        f"Versions: {meta['versions']}  ",
-        f"Batch {meta['batch']}; {meta['rounds']} interleaved rounds after {meta['warmup']} "
-        "discarded; medians (min-max) in ms per step. Memory: one child process per "
-        "variant, jit off; peak RSS over steady steps (VmHWM reset after 2 warm-up steps); "
-        "step memory = peak minus the RSS after building the model.",
-        "",
+        "# Step cost: GradMix vs plain, CutMix and a reference-style step", "",
+        "Medians (min-max) in ms per step over interleaved rounds, warm-up discarded. Memory: "
+        "one child process per variant, jit off; peak RSS over steady steps (VmHWM reset after "
+        "2 warm-up steps); step memory = peak minus the RSS after building the model.", "",
     ]
+    for backend, meta in runs.items():
+        lines += [f"- **{backend}**: `{meta['command']}`; batch {meta['batch']}, "
+                  f"{meta['rounds']} rounds after {meta['warmup']}; {meta['versions']}; "
+                  f"{meta['machine']}; {meta['device']}"]
+    lines += ["", "## Backends side by side (jit off)", "",
+              "| model | backend | plain ms | gradmix-paired ms | paired / plain | "
+              "gradmix-replace ms | replace / plain |", "|---|---|---:|---:|---:|---:|---:|"]
     for key, row in results.items():
-        model_name, jit = key.split("/")
-        lines += [f"## {model_name}, jit_compile={jit}", "",
+        backend, model_name, jit = key.split("/")
+        if jit == "off":
+            med = row["median_ms"]
+            lines.append(f"| {model_name} | {backend} | {med['plain']:.1f} | {med['gradmix-paired']:.1f} "
+                         f"| {med['gradmix-paired'] / med['plain']:.2f} | {med['gradmix-replace']:.1f} "
+                         f"| {med['gradmix-replace'] / med['plain']:.2f} |")
+    lines.append("")
+    for key, row in results.items():
+        backend, model_name, jit = key.split("/")
+        lines += [f"## {model_name}, {backend}, jit_compile={jit}", "",
                   "| variant | median ms | min-max ms | x plain |" +
                   (" peak RSS MB | step memory MB |" if "peak_rss_mb" in row else ""),
                   "|---|---:|---:|---:|" + ("---:|---:|" if "peak_rss_mb" in row else "")]
-        for v in VARIANTS:
+        for v in row["median_ms"]:
             cells = [v, f"{row['median_ms'][v]:.1f}",
                      f"{row['min_ms'][v]:.1f}-{row['max_ms'][v]:.1f}",
                      f"{row['median_ms'][v] / row['median_ms']['plain']:.2f}"]
@@ -200,6 +252,18 @@ def markdown(results, meta):
     return "\n".join(lines)
 
 
+def load(path: Path) -> tuple[dict, dict]:
+    """The results and per-backend run metadata stored at ``path`` (older files
+    held TensorFlow rows keyed ``model/jit`` and one ``meta``)."""
+    if not path.exists():
+        return {}, {}
+    stored = json.loads(path.read_text())
+    if "meta" in stored:  # the format before the PyTorch rows
+        return ({f"tensorflow/{k}": v for k, v in stored["results"].items()},
+                {"tensorflow": stored["meta"]})
+    return stored["results"], stored["runs"]
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -215,7 +279,8 @@ def machine():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--jit", nargs="+", default=["off", "on"] if BACKEND == "tensorflow" else ["off"],
+                        choices=["off", "on"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -240,20 +305,28 @@ def main(argv=None):
             mem = None
             if jit == "off" and args.memory:
                 mem = memory(model_name, False, args.batch, min(args.rounds, 5), args.memory)
-            results[f"{model_name}/{jit}"] = summarise(times, mem)
-            print(model_name, jit, json.dumps(results[f"{model_name}/{jit}"]["ratios"]), flush=True)
+            key = f"{BACKEND}/{model_name}/{jit}"
+            results[key] = summarise(times, mem)
+            print(key, json.dumps(results[key]["ratios"]), flush=True)
+    prefix = "" if BACKEND == "tensorflow" else f"KERAS_BACKEND={BACKEND} "
+    backend_module = __import__("tensorflow" if BACKEND == "tensorflow" else "torch")
     meta = {
-        "command": "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": f"{prefix}python benchmarks/step_cost.py "
+                   + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "device": "CPU only (no GPU used)",
         "versions": f"python {platform.python_version()}, keras {keras.__version__}, "
-                    f"tensorflow {tf.__version__}, numpy {np.__version__}",
+                    f"{BACKEND} {backend_module.__version__}, numpy {np.__version__}",
         "batch": args.batch, "rounds": args.rounds, "warmup": args.warmup,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cost.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    (out / "step_cost.md").write_text(markdown(results, meta))
+    stored, runs = load(out / "step_cost.json")
+    stored = {k: v for k, v in stored.items() if not k.startswith(f"{BACKEND}/")}
+    stored.update(results)
+    runs[BACKEND] = meta
+    (out / "step_cost.json").write_text(json.dumps({"runs": runs, "results": stored}, indent=2))
+    (out / "step_cost.md").write_text(markdown(stored, runs))
     print(f"Wrote {out}/step_cost.json and step_cost.md")
     return results
 

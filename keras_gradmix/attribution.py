@@ -115,10 +115,12 @@ def attribution_maps(
         raise ValueError(f"attribution must be one of {tuple(METHODS)}, got {method!r}.")
     if not isinstance(activations, (list, tuple)):
         activations, gradients = [activations], [gradients]
+    cams = [METHODS[method](a, g) for a, g in zip(activations, gradients)]
+    if len(cams) == 1:  # resizing is affine-invariant: one normalisation suffices
+        return normalize_maps(resize_maps(cams[0], image_size), normalize)
     total = 0.0
-    for activation, gradient in zip(activations, gradients):
-        cam = normalize_maps(METHODS[method](activation, gradient), normalize)
-        total = total + resize_maps(cam, image_size)
+    for cam in cams:
+        total = total + resize_maps(normalize_maps(cam, normalize), image_size)
     return normalize_maps(total, normalize)
 
 

@@ -389,12 +389,10 @@ class GradMixModel(keras.Model):
     def nonfinite_code(terms: dict):
         """An int32 scalar: bit ``i`` set when term ``TERMS[i]`` is not finite
         (read by the callback that ``fit`` adds, which names the term)."""
-        code = ops.zeros((), "int32")
-        for bit, name in enumerate(TERMS):
-            if name in terms:
-                bad = ops.logical_not(ops.all(ops.isfinite(terms[name])))
-                code = code + ops.cast(bad, "int32") * (2**bit)
-        return code
+        names = [name for name in TERMS if name in terms]
+        values = ops.stack([ops.cast(ops.reshape(terms[n], ()), "float32") for n in names])
+        bits = ops.convert_to_tensor([2 ** TERMS.index(n) for n in names], "int32")
+        return ops.sum(ops.where(ops.isfinite(values), 0, bits))
 
     def check_images(self, x):
         if isinstance(x, (list, tuple, dict)):

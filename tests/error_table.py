@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from conftest import SubclassedCNN, functional_cnn, sequential_cnn, sparse_ce, subclassed_cnn  # noqa: E402
 
-from keras_gradmix import GradMixConfig, GradMixModel  # noqa: E402
+from keras_gradmix import GradMixModel  # noqa: E402
 from keras_gradmix.contrastive import GradMixContrastive  # noqa: E402
 
 WHERE = {

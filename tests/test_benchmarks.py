@@ -21,9 +21,10 @@ import step_cost  # noqa: E402
 
 def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
     results = step_cost.main(["--smoke", "--out", str(tmp_path)])
-    assert set(results) == {"small_cnn/off", "small_cnn/on"}
+    assert set(results) == {"tensorflow/small_cnn/off", "tensorflow/small_cnn/on"}
     saved = json.loads((tmp_path / "step_cost.json").read_text())
     assert saved["results"] == json.loads(json.dumps(results))
+    assert set(saved["runs"]) == {"tensorflow"}
     for row in results.values():
         med = row["median_ms"]
         assert set(med) == set(step_cost.VARIANTS) and row["steps"] == 2
@@ -34,11 +35,11 @@ def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
             med["gradmix-paired"] / med["cutmix-paired"])
         assert ratios["replace_extra_over_forward"] == pytest.approx(
             (med["gradmix-replace"] - med["plain"]) / med["forward"])
-    memory = results["small_cnn/off"]["peak_rss_mb"]
+    memory = results["tensorflow/small_cnn/off"]["peak_rss_mb"]
     assert set(memory) == {"plain", "gradmix-replace"} and min(memory.values()) > 100
-    assert "peak_rss_mb" not in results["small_cnn/on"]
+    assert "peak_rss_mb" not in results["tensorflow/small_cnn/on"]
     text = (tmp_path / "step_cost.md").read_text()
-    assert "Command: `python benchmarks/step_cost.py --smoke --out" in text
+    assert "`python benchmarks/step_cost.py --smoke --out" in text
     assert "| t_gradmix_paired / t_cutmix_paired |" in text and "keras " + keras.__version__ in text
 
 
@@ -105,3 +106,20 @@ def test_cutmix_baseline_loss_is_the_area_mixed_loss_of_the_pasted_batch(mnist, 
     if paired:
         expected += np.mean(ce(y, model(x)))
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_step_cost_torch_rows_merge_beside_the_tensorflow_ones(tmp_path):
+    """The PyTorch run (a child process) adds its rows and keeps TensorFlow's."""
+    import os
+    import subprocess
+
+    step_cost.main(["--smoke", "--jit", "off", "--out", str(tmp_path)])
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--smoke",
+                    "--out", str(tmp_path)], check=True, env=env, capture_output=True, timeout=600)
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    assert set(saved["results"]) == {"tensorflow/small_cnn/off", "torch/small_cnn/off"}
+    assert set(saved["runs"]) == {"tensorflow", "torch"}
+    assert saved["runs"]["torch"]["command"].startswith("KERAS_BACKEND=torch python benchmarks/")
+    text = (tmp_path / "step_cost.md").read_text()
+    assert "| small_cnn | torch |" in text and "| small_cnn | tensorflow |" in text
