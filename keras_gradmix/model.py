@@ -185,7 +185,7 @@ class GradMixModel(keras.Model):
             raise ValueError(
                 "GradMix does not run under jit_compile=True on the PyTorch backend: "
                 "torch.compile cannot trace the attribution gradients (and on the CPU it "
-                "made even plain Keras training slower, docs/results/step_cost.md). Use "
+                "made even plain Keras training slower, docs/results/torch_compile.md). Use "
                 "jit_compile=False (the default on PyTorch), or XLA with TensorFlow or JAX.")
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 

@@ -123,3 +123,15 @@ def test_step_cost_torch_rows_merge_beside_the_tensorflow_ones(tmp_path):
     assert saved["runs"]["torch"]["command"].startswith("KERAS_BACKEND=torch python benchmarks/")
     text = (tmp_path / "step_cost.md").read_text()
     assert "| small_cnn | torch |" in text and "| small_cnn | tensorflow |" in text
+
+
+def test_torch_compile_smoke(tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torch_compile.py"), "--smoke",
+                    "--out", str(tmp_path)], check=True, env=env, capture_output=True, timeout=600)
+    saved = json.loads((tmp_path / "torch_compile.json").read_text())
+    assert saved["results"]["eager"]["steps"] == 4 and saved["results"]["eager"]["median_step_ms"] > 0
+    assert "does not run under jit_compile=True" in saved["gradmix"]
