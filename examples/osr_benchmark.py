@@ -36,10 +36,13 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")
-CONTRASTIVE_SCORES = ("knn",)
+# Post-hoc scores of today's standard (OpenOOD), fitted on the GAP features.
+MORE_SCORES = ("energy", "gen", "knn", "mahalanobis", "react", "ash", "scale", "vim")
+# The paper's recipe scores with the authors' relative kNN (k = 3).
+CONTRASTIVE_SCORES = ("knn_relative",)
 METRICS = ("accuracy", "auroc", "oscr", "fpr95")
 
 
@@ -53,19 +56,32 @@ def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose)
             model, data.known_test, data.unknown_test, CONTRASTIVE_SCORES,
             feature_layer="features", train_data=data.known_train, predictions="knn")
     else:
-        results = evaluate_model_open_set(model, data.known_test, data.unknown_test, SCORES)
+        results = evaluate_model_open_set(
+            model, data.known_test, data.unknown_test, SCORES + MORE_SCORES,
+            feature_layer="features", train_data=data.known_train)
     return {"dataset": dataset, "method": method, "split": split, "seed": seed, "epochs": epochs,
             "batch_size": batch_size, "train_seconds": seconds, "results": results}
 
 
+def legacy(run: dict) -> dict:
+    """Runs stored before the kNN scores were renamed: the authors' score was
+    "knn"; it is "knn_relative" now ("knn" is Sun et al.'s)."""
+    results = run["results"]
+    if run["method"] in CONTRASTIVE and "knn" in results and "knn_relative" not in results:
+        run = {**run, "results": {"knn_relative" if k == "knn" else k: v for k, v in results.items()}}
+    return run
+
+
 def summarize(runs: list[dict], meta: dict) -> str:
-    """Markdown: per method, mean +- std over splits x seeds of each metric."""
+    """Markdown: per method, mean +- std over splits x seeds of each metric;
+    AUROC by score; paired differences to plain on the same split and seed."""
     scores = SCORES + (CONTRASTIVE_SCORES if set(meta["methods"]) & set(CONTRASTIVE) else ())
     columns = [(score, metric) for score in scores for metric in METRICS if
                not (score == "msp" and metric == "accuracy")]
-    rows = [{"method": r["method"], "seconds": r["train_seconds"],
-             **{f"{score}/{metric}": 100 * r["results"][score][metric]
-                for score, metric in columns if score in r["results"]}} for r in runs]
+    rows = [{"method": r["method"], "split": r["split"], "seed": r["seed"],
+             "seconds": r["train_seconds"],
+             **{f"{score}/{metric}": 100 * values[metric]
+                for score, values in r["results"].items() for metric in METRICS}} for r in runs]
     table = []
     for method in meta["methods"]:
         mine = [row for row in rows if row["method"] == method]
@@ -75,13 +91,47 @@ def summarize(runs: list[dict], meta: dict) -> str:
         (stats,) = mean_std(mine, ["method"], present + ["seconds"])
         row = {"method": method, "runs": stats["runs"]}
         for score, metric in columns:
-            name = f"{metric} ({score})" if metric != "accuracy" or score == "knn" else "accuracy"
+            name = f"{metric} ({score})" if metric != "accuracy" or score.startswith("knn") else "accuracy"
             key = f"{score}/{metric}"
             # "–": logit scores of an encoder, kNN of a classifier
             row[name] = f"{stats[key]:.2f} ± {stats[key + '_std']:.2f}" if key in stats else "–"
         row["train s / run"] = f"{stats['seconds']:.0f}"
         table.append(row)
-    return to_markdown(table)
+    text = [to_markdown(table)]
+    more = [s for s in MORE_SCORES if any(f"{s}/auroc" in row for row in rows)]
+    if more:
+        by_score = []
+        for method in meta["methods"]:
+            mine = [row for row in rows if row["method"] == method and f"{more[0]}/auroc" in row]
+            if mine:
+                keys = [f"{s}/auroc" for s in SCORES + tuple(more)]
+                (stats,) = mean_std(mine, ["method"], keys)
+                by_score.append({"method": method, **{k.split("/")[0]: f"{stats[k]:.2f} ± "
+                                                      f"{stats[k + '_std']:.2f}" for k in keys}})
+        text += ["", "AUROC (%) by score, mean ± std (feature scores fitted once on the GAP "
+                 "features of the known training images):", "", to_markdown(by_score)]
+    paired = []
+    for score in scores:
+        for metric, label in (("auroc", "AUROC"), ("accuracy", "accuracy"), ("oscr", "OSCR")):
+            key = f"{score}/{metric}"
+            having = [m for m in meta["methods"] if any(r["method"] == m and key in r for r in rows)]
+            if len(having) < 2 or (metric == "accuracy" and score == "msp"):
+                continue
+            baseline = "plain" if "plain" in having else having[0]  # e.g. supcon for knn scores
+            for d in paired_differences([r for r in rows if key in r], key, baseline):
+                if not d["pairs"]:
+                    continue
+                interval = "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+                paired.append({"method": d["method"], "baseline": baseline,
+                               "metric": label if score == "mls" and metric == "accuracy"
+                               else f"{label} ({score})",
+                               "pairs": d["pairs"], "mean difference": f"{d['diff']:+.2f}",
+                               "95 % CI": interval, "wins": f"{d['wins']}/{d['pairs']}"})
+    if paired:
+        text += ["", "Paired differences to the baseline on the same split and seed "
+                 "(percentage points; 95 % t-interval over the pairs, df = pairs - 1; wins = "
+                 "pairs where the method is higher):", "", to_markdown(paired)]
+    return "\n".join(text)
 
 
 def main(argv=None):
@@ -98,6 +148,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="folder of per-run JSON (default results/osr/<dataset>)")
     parser.add_argument("--summary", default=None, help="Markdown summary path (default <out>/summary.md)")
     parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument("--from-json", default=None,
+                        help="recompute the summary from the runs of a summary JSON (no training)")
     args = parser.parse_args(argv)
 
     methods = parse_methods(parser, args.methods, METHODS)
@@ -106,6 +158,13 @@ def main(argv=None):
     out = args.out or os.path.join("results", "osr", args.dataset)
     os.makedirs(out, exist_ok=True)
     runs = []
+    if args.from_json:  # the stored runs, written back as per-run files (the cache)
+        with open(args.from_json) as f:
+            stored = json.load(f)
+        for run in map(legacy, stored["runs"]):
+            with open(os.path.join(out, f"{run['method']}_split{run['split']}_seed{run['seed']}.json"),
+                      "w") as f:
+                json.dump(run, f, indent=1)
     for split in splits:
         for seed in seeds:
             for method in methods:
@@ -115,8 +174,12 @@ def main(argv=None):
                     lambda: run_one(args.dataset, method, split, seed, args.epochs,
                                     args.batch_size, args.data_dir, args.verbose)))
 
+    command = " ".join(["python examples/osr_benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.from_json:
+        trained = stored["meta"]["command"].split("` (trained)")[0]
+        command = f"{trained}` (trained); summarised by `{command}"
     meta = {
-        "command": " ".join(["python examples/osr_benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "methods": methods, "splits": splits, "seeds": seeds, "epochs": args.epochs,
         "keras": keras.__version__, "tensorflow": tf.__version__,
         "machine": machine(),
@@ -132,13 +195,16 @@ def main(argv=None):
         f"batch {args.batch_size}, one-hot cross-entropy. CutMix: `keras.layers.CutMix()` "
         f"defaults; MixUp: `keras.layers.MixUp()` (alpha 0.2). GradMix: {GRADMIX}, noise "
         f"fill, paired (gradmix) or replace (gradmix-replace) mode, BatchNorm statistics "
-        f"from the clean batch. Scores: MLS (max logit), MSP (max softmax); FPR95 = "
+        f"from the clean batch. Scores: MLS (max logit), MSP (max softmax) and, where "
+        f"computed, energy, GEN, kNN (Sun et al., k = 50), Mahalanobis, ReAct, ASH-S, SCALE "
+        f"and ViM on the GAP features (keras_gradmix.osr.scorers); FPR95 = "
         f"unknowns accepted at 95 % of knowns accepted (lower is better). supcon / "
         f"supcon+gradmix (the paper's recipe, shortened): the same CNN with a 64-64-32 "
         f"projection head, two views (random shift 10 %, horizontal flip), SupCon + SimCLR "
         f"at temperature 0.05 (+ the masked-positive term with the same GradMix options); "
-        f"closed-set accuracy by a 3-NN vote and the kNN score (top-3 cosine "
-        f"similarities) on the GAP features of the known training images.",
+        f"closed-set accuracy by a 3-NN vote and the authors' relative kNN score "
+        f"(knn_relative, top-3 cosine similarities per class) on the GAP features of the "
+        f"known training images.",
         "",
         table,
         "",

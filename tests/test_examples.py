@@ -57,12 +57,17 @@ def test_osr_benchmark_resumes_and_writes_the_summary(tmp_path, capsys):
     assert [r["method"] for r in runs] == ["plain", "cutmix", "mixup", "gradmix", "gradmix-replace"]
     assert runs[0]["results"] == first["results"]
     summary = (tmp_path / "summary.md").read_text()
-    rows = [line for line in summary.splitlines() if line.startswith("| ")][1:]
+    main_table = "| method | runs" + summary.split("\n\n| method | runs")[1].split("\n\n")[0]
+    rows = [line for line in main_table.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == [
         "plain", "cutmix", "mixup", "gradmix", "gradmix-replace"]
     auroc = 100 * runs[3]["results"]["mls"]["auroc"]
     assert f"{auroc:.2f} ± 0.00" in rows[3]
     assert "Command: `python examples/osr_benchmark.py --dataset mnist5k" in summary
+    assert "| vim |" in summary.split("AUROC (%) by score")[1].splitlines()[2]  # a column
+    paired = summary.split("Paired differences to the baseline")[1]
+    difference = 100 * (runs[3]["results"]["mls"]["auroc"] - runs[0]["results"]["mls"]["auroc"])
+    assert f"| gradmix | plain | AUROC (mls) | 1 | {difference:+.2f} | – | " in paired  # no CI
     assert np.isfinite(json.loads((tmp_path / "summary.json").read_text())["runs"][4]["train_seconds"])
 
 
@@ -82,7 +87,7 @@ def test_supcon_osr_smoke(tmp_path):
 
     history = supcon_osr.main(["--smoke", "--out", str(tmp_path)])
     assert np.isfinite(history.history["loss"]).all()
-    assert 0.0 <= history.history["val_osr_auroc_knn"][0] <= 1.0
+    assert 0.0 <= history.history["val_osr_auroc_knn_relative"][0] <= 1.0
     for name in ("osr.csv", "best.keras", "encoder.keras"):
         assert (tmp_path / name).exists(), name
     again = keras.saving.load_model(tmp_path / "best.keras")
@@ -97,10 +102,10 @@ def test_osr_benchmark_contrastive_rows_use_knn(tmp_path):
                                "--verbose", "0", "--out", str(tmp_path / "runs"),
                                "--summary", str(tmp_path / "summary.md")])
     for run in runs:
-        assert set(run["results"]) == {"knn"}
-        assert 0.5 < run["results"]["knn"]["accuracy"] <= 1.0  # 3-NN vote on GAP features
-    rows = [line for line in (tmp_path / "summary.md").read_text().splitlines()
-            if line.startswith("| supcon")]
+        assert set(run["results"]) == {"knn_relative"}
+        assert 0.5 < run["results"]["knn_relative"]["accuracy"] <= 1.0  # 3-NN vote on GAP features
+    main_table = (tmp_path / "summary.md").read_text().split("Paired differences")[0]
+    rows = [line for line in main_table.splitlines() if line.startswith("| supcon")]
     assert len(rows) == 2 and all(row.count("–") == 7 for row in rows)  # no logit scores
 
 
@@ -115,16 +120,17 @@ def test_robustness_benchmark_smoke_writes_both_summaries_and_resumes(tmp_path, 
     runs = robustness_benchmark.main(args)
     assert [r["method"] for r in runs] == ["plain", "cutmix", "mixup", "gradmix"]
     for run in runs:
-        assert len(run["ood"]) == 3 * 6 and len(run["corruptions"]) == 10 * 5
+        # 3 sets and 2 group means x 12 scores
+        assert len(run["ood"]) == 5 * 12 and len(run["corruptions"]) == 10 * 5
         assert 0.0 <= run["corruption_mean"] <= 1.0
     ood = (tmp_path / "ood.md").read_text()
     auroc_rows = [line for line in ood.split("### FPR95")[0].splitlines() if line.startswith("| ")]
-    assert auroc_rows[0] == "| method | score | mnist | uniform_noise | permuted_pixels |"
-    assert len(auroc_rows) == 1 + 4 * 6  # header and 4 methods x 6 scores
+    assert auroc_rows[0] == "| method | score | mnist | uniform_noise | permuted_pixels | far (mean) |"
+    assert len(auroc_rows) == 1 + 4 * 12  # header and 4 methods x 12 scores
     gradmix_mls = [r for r in runs[3]["ood"] if (r["ood"], r["score"]) == ("mnist", "mls")][0]
     assert f"| gradmix | mls | {100 * gradmix_mls['auroc']:.2f} ± 0.00 |" in ood
     with open(tmp_path / "ood.csv") as f:
-        assert sum(1 for _ in f) == 1 + 4 * 3 * 6
+        assert sum(1 for _ in f) == 1 + 4 * 5 * 12
     corruptions = (tmp_path / "corruptions.md").read_text()
     mean = 100 * runs[0]["corruption_mean"]
     assert f"| plain | 1 | {100 * runs[0]['accuracy']:.2f} ± 0.00 | {mean:.2f} ± 0.00 |" in corruptions

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise
-from keras_gradmix.osr import evaluate_ood, evaluate_open_set, knn, mahalanobis
+import osr_reference as ref
+
+from keras_gradmix.osr import evaluate_ood, evaluate_open_set, mahalanobis
 
 
 def mlp(seed=0):
@@ -36,27 +38,57 @@ def sets():
 def test_every_row_equals_the_metrics_of_numpy_scores(sets):
     model = mlp()
     rows = evaluate_ood(model, sets["in"], sets["ood"], feature_layer="hidden",
-                        train_data=sets["train"], temperature=2.0)
-    names = ["msp", "mls", "energy", "entropy", "knn", "mahalanobis"]
+                        train_data=sets["train"], temperature=2.0,
+                        score_options={"knn": {"k": 7}, "vim": {"dim": 3}})
+    names = ["msp", "mls", "energy", "entropy", "gen", "knn", "mahalanobis", "react", "ash",
+             "scale", "vim"]
     assert [(r["ood"], r["score"]) for r in rows] == [(o, s) for o in ("far", "near") for s in names]
     train_hidden, _ = numpy_forward(model, sets["train"][0].astype(np.float64))
+    w, b = (keras.ops.convert_to_numpy(v).astype(np.float64) for v in model.layers[-1].weights)
     for row in rows:
         def score(x):
             hidden, z = numpy_forward(model, x.astype(np.float64))
             p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            per_sample = {
+                "gen": lambda i: ref.gen(z[i], 0.1, 100),
+                "knn": lambda i: ref.knn_sun(hidden[i], train_hidden, 7),
+                "react": lambda i: ref.react(hidden[i], train_hidden, w, b, 90.0),
+                "ash": lambda i: ref.ash_s(hidden[i], w, b, 90.0),
+                "scale": lambda i: ref.scale(hidden[i], w, b, 85.0),
+                "vim": lambda i: ref.vim(hidden[i], train_hidden, w, b, 3),
+            }
+            if row["score"] in per_sample:
+                return np.array([per_sample[row["score"]](i) for i in range(len(x))])
             return {
                 "msp": p.max(1),
                 "mls": z.max(1),
                 "energy": 2.0 * np.log(np.exp(z / 2.0).sum(1)),
                 "entropy": np.sum(p * np.log(p), axis=1),
-                "knn": knn(hidden, train_hidden, sets["train"][1], k=3),
                 "mahalanobis": mahalanobis(hidden, train_hidden, sets["train"][1]),
             }[row["score"]]
 
         expected = evaluate_open_set(score(sets["in"]), score(sets["ood"][row["ood"]]))
-        assert set(row) == {"ood", "score", "auroc", "aupr_in", "aupr_out", "fpr95"}
+        assert set(row) == {"group", "ood", "score", "auroc", "aupr_in", "aupr_out", "fpr95"}
         for metric, value in expected.items():
             assert row[metric] == pytest.approx(value, abs=1e-6), (row["ood"], row["score"], metric)
+
+
+def test_groups_report_each_set_and_each_group_mean(sets):
+    model = mlp()
+    extra = np.random.default_rng(5).normal(4.0, 1.0, (20, 4)).astype("float32")
+    groups = {"near": {"near": sets["ood"]["near"]}, "far": {"far": sets["ood"]["far"], "farther": extra}}
+    rows = evaluate_ood(model, sets["in"], groups, ["mls", "energy"])
+    assert [(r["group"], r["ood"]) for r in rows if r["score"] == "mls"] == [
+        ("near", "near"), ("near", "near (mean)"), ("far", "far"), ("far", "farther"),
+        ("far", "far (mean)")]
+    by = {(r["ood"], r["score"]): r for r in rows}
+    for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        assert by["far (mean)", "energy"][metric] == pytest.approx(
+            (by["far", "energy"][metric] + by["farther", "energy"][metric]) / 2)
+    flat = evaluate_ood(model, sets["in"], {"far": sets["ood"]["far"]}, ["mls"])
+    assert flat[0]["auroc"] == by["far", "mls"]["auroc"] and flat[0]["group"] == ""
+    with pytest.raises(ValueError, match="mixes groups"):
+        evaluate_ood(model, sets["in"], {"near": {"a": extra}, "b": extra}, ["mls"])
 
 
 def test_default_scores_and_inputs_in_any_form(sets):
@@ -64,7 +96,7 @@ def test_default_scores_and_inputs_in_any_form(sets):
 
     model = mlp()
     logits_only = evaluate_ood(model, sets["in"], {"far": sets["ood"]["far"]})
-    assert [r["score"] for r in logits_only] == ["msp", "mls", "energy", "entropy"]
+    assert [r["score"] for r in logits_only] == ["msp", "mls", "energy", "entropy", "gen"]
     labels = np.zeros(len(sets["in"]), "int64")
     as_dataset = evaluate_ood(
         model, tf.data.Dataset.from_tensor_slices((sets["in"], labels)).batch(7),

@@ -45,7 +45,7 @@ def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
     history = trainer.fit(*train, batch_size=64, epochs=2, verbose=0,
                           callbacks=[callback, csv_logger, stopper])
     logged = {k: v for k, v in history.history.items() if k.startswith("val_osr_")}
-    assert len(logged) == 6 * len(scores) and all(len(v) == 2 for v in logged.values())
+    assert len(logged) == 9 * len(scores) and all(len(v) == 2 for v in logged.values())
     direct = evaluate_model_open_set(
         trainer, known, unknown, scores, train_data=train, feature_layer="flatten"
     )
@@ -57,7 +57,7 @@ def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
         assert "val_osr_auroc_mls" in next(csv.reader(f))  # CSVLogger saw them
     with open(tmp_path / "osr.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["score"] for r in rows] == 2 * list(scores)
+    assert [r["score"] for r in rows] == 2 * list(scores) and "ccr_fpr5" in rows[0]
     last_mls = [r for r in rows if r["score"] == "mls"][-1]
     assert float(last_mls["auroc"]) == pytest.approx(direct["mls"]["auroc"], abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
@@ -116,3 +116,24 @@ def test_knn_predictions_for_an_encoder_without_a_classification_head(osr_data):
                 (("train", train), ("known", known))}
     expected = np.mean(knn_predict(features["known"], features["train"], train[1]) == known[1])
     assert accuracy == pytest.approx(expected) and accuracy > 0.8
+
+
+def test_the_callback_fits_a_decision_on_held_out_knowns_and_saves_it(osr_data, tmp_path):
+    from keras_gradmix.osr import OpenSetClassifier
+
+    train, known, unknown = osr_data
+    held_out = (train[0][-200:], train[1][-200:])
+    model = six_class_cnn()
+    model.compile(optimizer="adam", loss=sparse_ce())
+    decision = OpenSetClassifier("mls", recall=0.9)
+    callback = OpenSetEvaluation(known, unknown, scores=("mls",), decision=decision,
+                                 held_out=held_out, decision_path=tmp_path / "decision.json")
+    history = model.fit(train[0][:-200], train[1][:-200], batch_size=64, epochs=1, verbose=0,
+                        callbacks=[callback])
+    saved = OpenSetClassifier.load(tmp_path / "decision.json")
+    assert saved.threshold == decision.threshold
+    report = saved.evaluate(model, known, unknown)
+    assert history.history["val_osr_known_recall"][-1] == pytest.approx(report["known_recall"])
+    assert history.history["val_osr_unknown_rejected"][-1] == pytest.approx(report["unknown_rejected"])
+    with pytest.raises(ValueError, match="decision needs held_out"):
+        OpenSetEvaluation(known, unknown, decision=decision)

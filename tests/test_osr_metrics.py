@@ -9,10 +9,10 @@ from keras_gradmix.osr import (
     entropy,
     evaluate_open_set,
     fpr_at_tpr,
-    knn,
     knn_class_scores,
     knn_predict,
     linear_probe,
+    knn_relative,
     mahalanobis,
     mls,
     msp,
@@ -146,7 +146,7 @@ def test_logit_scores_by_hand():
         msp(np.zeros(3))
 
 
-def test_knn_against_brute_force():
+def test_knn_relative_against_brute_force():
     rng = np.random.default_rng(0)
     train = rng.random((40, 5))
     labels = rng.integers(0, 3, 40)
@@ -158,22 +158,22 @@ def test_knn_against_brute_force():
                 test[i] @ t / np.linalg.norm(test[i]) / np.linalg.norm(t) for t in train[labels == c]
             ]
             assert s[i, c] == pytest.approx(sum(sorted(sims)[-3:]))
-    np.testing.assert_allclose(knn(test, train, labels), s.max(1) / s.sum(1))
+    np.testing.assert_allclose(knn_relative(test, train, labels), s.max(1) / s.sum(1))
     maps = np.repeat(np.repeat(test[:, None, None, :], 2, axis=1), 3, axis=2)
-    np.testing.assert_allclose(knn(maps, train, labels), knn(test, train, labels))  # 4-D: pooled
+    np.testing.assert_allclose(knn_relative(maps, train, labels), knn_relative(test, train, labels))  # 4-D: pooled
 
 
-def test_knn_of_all_zero_features_is_one_over_the_class_count():
+def test_knn_relative_of_all_zero_features_is_one_over_the_class_count():
     rng = np.random.default_rng(0)
     train, labels = rng.random((12, 4)), np.arange(12) % 3
     test = np.vstack([np.zeros(4), rng.random(4)])  # a dead ReLU layer gives zeros
-    scores = knn(test, train, labels)
+    scores = knn_relative(test, train, labels)
     assert scores[0] == pytest.approx(1 / 3) and 1 / 3 < scores[1] <= 1
 
 
 def test_knn_needs_a_positive_k():
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
-        knn(np.ones((1, 2)), np.ones((2, 2)), [0, 1], k=0)
+        knn_relative(np.ones((1, 2)), np.ones((2, 2)), [0, 1], k=0)
 
 
 def test_mahalanobis_against_brute_force():

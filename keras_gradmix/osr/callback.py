@@ -7,6 +7,7 @@ import os
 
 import keras
 
+from keras_gradmix.osr.decisions import FPRS, OpenSetClassifier, ccr_at_fpr
 from keras_gradmix.osr.evaluation import check_scores, metrics_by_score, open_set_scores
 from keras_gradmix.osr.plots import plot_open_set
 
@@ -18,7 +19,9 @@ class OpenSetEvaluation(keras.callbacks.Callback):
 
     Every ``every`` epochs, for each score, the logs get
     ``f"{prefix}{metric}_{score}"`` (e.g. ``val_osr_auroc_mls``) for the
-    metrics ``accuracy, auroc, aupr_in, aupr_out, fpr95, oscr``, so they show
+    metrics ``accuracy, auroc, aupr_in, aupr_out, fpr95, oscr`` and the
+    correct classification rate at 1, 5 and 10 % of unknowns accepted
+    (``ccr_fpr1``, ``ccr_fpr5``, ``ccr_fpr10``), so they show
     in ``History``, the progress bar, ``CSVLogger`` and TensorBoard, and can
     drive ``ModelCheckpoint``/``EarlyStopping`` — list this callback *before*
     those. Epochs it skips (``every > 1``) have no such keys; ``CSVLogger``
@@ -29,19 +32,28 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         known_data: test samples of the known classes, ``(x, y)`` or a
             ``tf.data.Dataset`` of ``(x, y)`` batches, labels ``0..K-1``.
         unknown_data: test samples of unknown classes (labels ignored).
-        scores: names among ``msp, mls, energy, entropy, knn, mahalanobis``.
+        scores: logit scores (``msp, mls, energy, entropy, gen``) or fitted
+            feature scores (``knn, knn_relative, mahalanobis, react, ash,
+            scale, vim``; fitted once per evaluation on ``train_data``).
         every: evaluate after every ``every``-th epoch (and not otherwise).
         csv_path: optional CSV file; one row per (epoch, score) is appended.
         plot_dir: optional folder for ``osr_epoch_001.png``, ...: ROC curves
             and known/unknown score histograms.
         train_data: known-class training samples ``(x, y)``, needed by the
-            feature scores ``knn`` and ``mahalanobis``.
+            feature scores.
         feature_layer: layer path of the features for those scores.
-        k: neighbours of ``knn``; temperature: of ``energy``.
+        k: neighbours of ``knn_relative`` and of k-NN predictions;
+        temperature: of ``energy``; score_options: ``{score: {option: value}}``.
         predictions: closed-set predictions from ``"logits"`` (arg-max of the
             model's outputs) or ``"knn"`` (k-NN vote on the ``feature_layer``
             features: for encoders without a classification head).
         prefix: of the log keys.
+        decision: an :class:`~keras_gradmix.osr.decisions.OpenSetClassifier`
+            to fit on ``held_out`` (known samples, not the test set) at every
+            evaluation; its threshold's ``known_recall`` and
+            ``unknown_rejected`` on the test data enter the logs
+            (``val_osr_known_recall``...), and with ``decision_path`` it is
+            saved as JSON after each evaluation.
 
     Example:
         >>> callbacks = [OpenSetEvaluation((x_known, y_known), x_unknown, every=5),
@@ -52,7 +64,9 @@ class OpenSetEvaluation(keras.callbacks.Callback):
                  csv_path: str | None = None, plot_dir: str | None = None, *,
                  train_data=None, feature_layer: str | None = None, k: int = 3,
                  temperature: float = 1.0, prefix: str = "val_osr_", batch_size: int = 256,
-                 predictions: str = "logits"):
+                 predictions: str = "logits", score_options: dict | None = None,
+                 decision: OpenSetClassifier | None = None, held_out=None,
+                 decision_path: str | None = None):
         super().__init__()
         self.scores = check_scores(scores, feature_layer, train_data, predictions)
         if int(every) != every or every < 1:
@@ -61,7 +75,11 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         self.every, self.csv_path, self.plot_dir = int(every), csv_path, plot_dir
         self.options = dict(feature_layer=feature_layer, train_data=train_data, k=k,
                             temperature=temperature, batch_size=batch_size,
-                            predictions=predictions)
+                            predictions=predictions, score_options=score_options)
+        if decision is not None and held_out is None:
+            raise ValueError("decision needs held_out=(x, y): held-out known samples to fit "
+                             "its threshold on (not the test set).")
+        self.decision, self.held_out, self.decision_path = decision, held_out, decision_path
         self.prefix = prefix
         self.history: list[dict] = []  # one {"epoch", "score", metrics...} row per evaluation
 
@@ -70,17 +88,35 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         raw = open_set_scores(self.model, self.known_data, self.unknown_data, self.scores,
                               **self.options)
         self._last_raw = raw
-        return metrics_by_score(raw)
+        results = metrics_by_score(raw)
+        correct = raw["known_pred"] == raw["known_true"]
+        for name, metrics in results.items():
+            for fpr, ccr in ccr_at_fpr(raw["known"][name], raw["unknown"][name], correct, FPRS).items():
+                metrics[f"ccr_fpr{100 * fpr:g}"] = ccr
+        return results
+
+    def decide(self, logs):
+        """Fits the decision's threshold on the held-out knowns; logs what it does."""
+        self.decision.fit(self.model, self.held_out, self.options["train_data"])
+        outcome = self.decision.evaluate(self.model, self.known_data, self.unknown_data)
+        for key in ("known_recall", "unknown_rejected", "accepted_accuracy"):
+            if logs is not None:
+                logs[f"{self.prefix}{key}"] = outcome[key]
+        if self.decision_path is not None:
+            self.decision.save(self.decision_path)
+        return outcome
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
         results = self.evaluate()
         for name, metrics in results.items():
-            for metric in METRICS:
-                if logs is not None:
-                    logs[f"{self.prefix}{metric}_{name}"] = metrics[metric]
+            for metric, value in metrics.items():
+                if logs is not None and (metric in METRICS or metric.startswith("ccr_")):
+                    logs[f"{self.prefix}{metric}_{name}"] = value
             self.history.append({"epoch": epoch + 1, "score": name, **metrics})
+        if self.decision is not None:
+            self.decide(logs)
         if self.csv_path is not None:
             self._write_csv(epoch + 1, results)
         if self.plot_dir is not None:
@@ -96,7 +132,8 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             os.makedirs(directory, exist_ok=True)
         with open(self.csv_path, "a", newline="") as f:
             writer = csv.writer(f)
+            columns = [*METRICS, *(f"ccr_fpr{100 * f:g}" for f in FPRS)]
             if new:
-                writer.writerow(["epoch", "score", *METRICS])
+                writer.writerow(["epoch", "score", *columns])
             for name, metrics in results.items():
-                writer.writerow([epoch, name, *(f"{metrics[m]:.6f}" for m in METRICS)])
+                writer.writerow([epoch, name, *(f"{metrics[m]:.6f}" for m in columns)])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from keras_gradmix.osr import scores as score_lib
-from keras_gradmix.osr.features import collect
+from keras_gradmix.osr.features import collect, inner_model
 from keras_gradmix.osr.metrics import evaluate_open_set
 from keras_gradmix.osr.probe import knn_predict
-
+from keras_gradmix.osr.scorers import SCORERS, make_scorer
 
 PREDICTIONS = ("logits", "knn")
+SCORES = tuple(score_lib.LOGIT_SCORES) + tuple(SCORERS)
 
 
 def check_scores(scores, feature_layer, train_data, predictions="logits") -> tuple[str, ...]:
@@ -17,12 +20,12 @@ def check_scores(scores, feature_layer, train_data, predictions="logits") -> tup
     if isinstance(scores, str):
         scores = (scores,)
     scores = tuple(scores)
-    unknown = [s for s in scores if s not in score_lib.SCORES]
+    unknown = [s for s in scores if s not in SCORES]
     if unknown or not scores:
-        raise ValueError(f"Unknown open-set scores {unknown}; choose from {score_lib.SCORES}.")
+        raise ValueError(f"Unknown open-set scores {unknown}; choose from {SCORES}.")
     if predictions not in PREDICTIONS:
         raise ValueError(f"predictions must be one of {PREDICTIONS}, got {predictions!r}.")
-    feature_scores = [s for s in scores if s in score_lib.FEATURE_SCORES]
+    feature_scores = [s for s in scores if s in SCORERS]
     if predictions == "knn":
         feature_scores.append("predictions='knn'")
     if feature_scores and (feature_layer is None or train_data is None):
@@ -35,35 +38,71 @@ def check_scores(scores, feature_layer, train_data, predictions="logits") -> tup
 
 
 def needs_features(scores, predictions="logits") -> bool:
-    return predictions == "knn" or any(s in score_lib.FEATURE_SCORES for s in scores)
+    return predictions == "knn" or any(s in SCORERS for s in scores)
 
 
-def score(name: str, part: dict, train: dict | None, k: int = 3, temperature: float = 1.0):
-    """Score ``name`` of :func:`collect` output ``part``; feature scores
-    compare with the ``train`` features."""
-    if name in score_lib.LOGIT_SCORES:
-        if name == "energy":
-            return score_lib.energy(part["logits"], temperature)
-        return score_lib.LOGIT_SCORES[name](part["logits"])
-    extra = {"k": k} if name == "knn" else {}
-    return score_lib.FEATURE_SCORES[name](part["features"], train["features"], train["labels"], **extra)
+def head_weights(model) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` of the model's final ``Dense`` layer (its output layer)."""
+    import keras
+
+    layers = [layer for layer in getattr(inner_model(model), "layers", [])
+              if isinstance(layer, keras.layers.Dense)]
+    if not layers:
+        raise ValueError(
+            "react, ash, scale and vim recompute logits with the classifier head: the "
+            "model needs a final Dense layer (found none among its layers).")
+    dense = layers[-1]
+    weights = keras.ops.convert_to_numpy(dense.kernel)
+    bias = keras.ops.convert_to_numpy(dense.bias) if dense.use_bias else np.zeros(weights.shape[1])
+    return weights, bias
+
+
+def merge_score_options(k: int = 3, temperature: float = 1.0, options: dict | None = None) -> dict:
+    """Each score's hyper-parameters: the papers' defaults, ``k`` for
+    ``knn_relative``, ``temperature`` for ``energy``, then ``options[name]``."""
+    merged = {"knn_relative": {"k": k}, "energy": {"temperature": temperature}}
+    for name, extra in (options or {}).items():
+        if name not in SCORES:
+            raise ValueError(f"score_options names {name!r}, not a score; choose from {SCORES}.")
+        merged[name] = {**merged.get(name, {}), **extra}
+    return merged
+
+
+def fit_scorers(model, scores, train: dict | None, options: dict) -> dict:
+    """The feature scorers among ``scores``, each fitted once on ``train``."""
+    names = [s for s in scores if s in SCORERS]
+    head = head_weights(model) if any(SCORERS[s].needs_head for s in names) else None
+    return {name: make_scorer(name, **options.get(name, {})).fit(
+        train["features"], train["labels"], head) for name in names}
+
+
+def score(name: str, part: dict, scorers: dict, options: dict):
+    """Score ``name`` of :func:`collect` output ``part`` (a fitted scorer's, or
+    a logit score's)."""
+    if name in scorers:
+        return scorers[name](part["features"])
+    return score_lib.LOGIT_SCORES[name](part["logits"], **options.get(name, {}))
 
 
 def open_set_scores(
     model, known_data, unknown_data, scores=("msp", "mls"), *, feature_layer=None,
     train_data=None, k: int = 3, temperature: float = 1.0, batch_size: int = 256,
-    predictions: str = "logits",
+    predictions: str = "logits", score_options: dict | None = None,
 ) -> dict:
     """Scores of the known and unknown samples and the known predictions.
 
     ``predictions``: the closed-set prediction, ``"logits"`` (arg-max of the
-    model's outputs) or ``"knn"`` (k-NN vote on the ``feature_layer`` features,
-    for encoders without a classification head).
+    model's outputs) or ``"knn"`` (a ``k``-NN vote on the ``feature_layer``
+    features, for encoders without a classification head). Feature scores are
+    fitted once on ``train_data`` (:mod:`keras_gradmix.osr.scorers`);
+    ``score_options`` maps a score to its hyper-parameters (e.g.
+    ``{"knn": {"k": 100}, "react": {"percentile": 95}}``).
 
     Returns ``{"known_true", "known_pred", "known": {score: array},
     "unknown": {score: array}}``.
     """
     scores = check_scores(scores, feature_layer, train_data, predictions)
+    options = merge_score_options(k, temperature, score_options)
     features = needs_features(scores, predictions)
     layer = feature_layer if features else None
     known = collect(model, known_data, layer, batch_size)
@@ -71,6 +110,7 @@ def open_set_scores(
     if known["labels"] is None:
         raise ValueError("known_data needs labels: pass (x, y) or a dataset of (x, y).")
     train = collect(model, train_data, layer, batch_size) if features else None
+    scorers = fit_scorers(model, scores, train, options)
 
     if predictions == "knn":
         known_pred = knn_predict(known["features"], train["features"], train["labels"], k)
@@ -79,8 +119,8 @@ def open_set_scores(
     return {
         "known_true": known["labels"],
         "known_pred": known_pred,
-        "known": {name: score(name, known, train, k, temperature) for name in scores},
-        "unknown": {name: score(name, unknown, train, k, temperature) for name in scores},
+        "known": {name: score(name, known, scorers, options) for name in scores},
+        "unknown": {name: score(name, unknown, scorers, options) for name in scores},
     }
 
 

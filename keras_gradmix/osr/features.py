@@ -38,7 +38,7 @@ def class_labels(y) -> np.ndarray:
     return y.argmax(axis=1) if y.shape[1] > 1 else y[:, 0]
 
 
-def _inner(model):
+def inner_model(model):
     from keras_gradmix.model import GradMixModel
 
     # A GradMixModel's layers live in the model it wraps.
@@ -53,7 +53,7 @@ def collect(model, data, feature_layer: str | None = None, batch_size: int = 256
 
     Returns ``{"logits": (N, C), "labels": (N,) or None, "features": (N, ...) or None}``.
     """
-    layer = None if feature_layer is None else resolve_layer(_inner(model), feature_layer)
+    layer = None if feature_layer is None else resolve_layer(inner_model(model), feature_layer)
     logits, labels, features = [], [], []
     for x, y in iter_batches(data, batch_size):
         if layer is None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_gradmix.osr.scores import _features, _train_set, _unit, knn_class_scores
+from keras_gradmix.osr.scorers import features_2d, unit
+from keras_gradmix.osr.scores import knn_class_scores
 
 
 def knn_predict(features, train_features, train_labels, k: int = 3) -> np.ndarray:
     """The class whose ``k`` most similar training features (cosine) have the
     largest similarity sum: the arg-max of :func:`knn_class_scores`."""
-    _, _, classes = _train_set(train_features, train_labels)
+    classes = np.unique(np.asarray(train_labels).ravel())
     return classes[knn_class_scores(features, train_features, train_labels, k).argmax(axis=1)]
 
 
@@ -25,6 +26,7 @@ def linear_probe(train_features, train_labels, features, *, C: float = 1.0,
     averaged over space first)."""
     from sklearn.linear_model import LogisticRegression
 
-    train, labels, _ = _train_set(train_features, train_labels)
-    probe = LogisticRegression(C=C, max_iter=max_iter).fit(_unit(train), labels)
-    return probe.predict(_unit(_features("features", features)))
+    train = features_2d("train_features", train_features)
+    labels = np.asarray(train_labels).ravel()
+    probe = LogisticRegression(C=C, max_iter=max_iter).fit(unit(train), labels)
+    return probe.predict(unit(features_2d("features", features)))

@@ -1,8 +1,9 @@
 """Open-set score functions, higher = "more likely known". NumPy in, NumPy out.
 
-From logits ``z`` (N, C): :func:`msp`, :func:`mls`, :func:`energy`,
-:func:`entropy`. From features ``f`` (N, D), fitted on training features of
-the known classes only: :func:`knn` and :func:`mahalanobis`.
+From logits ``z`` (N, C), plain functions: :func:`msp`, :func:`mls`,
+:func:`energy`, :func:`entropy`, :func:`gen`. Scores of features are fitted
+once on training features (:mod:`keras_gradmix.osr.scorers`); :func:`knn`,
+:func:`knn_relative` and :func:`mahalanobis` here fit and apply in one call.
 """
 
 from __future__ import annotations
@@ -39,38 +40,32 @@ def entropy(logits) -> np.ndarray:
     return (np.exp(log_p) * log_p).sum(axis=1)
 
 
-def _features(name, features) -> np.ndarray:
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim == 4:  # a feature map: average over space
-        features = features.mean(axis=(1, 2))
-    if features.ndim != 2:
-        raise ValueError(f"{name} must be (samples, dims) features, got shape {features.shape}.")
-    return features
+def gen(logits, gamma: float = 0.1, m: int = 100) -> np.ndarray:
+    """Minus the generalised entropy of the top-``m`` softmax probabilities,
+    ``-sum_j p_j^gamma (1 - p_j)^gamma`` (Liu et al. 2023, GEN; ``m`` is capped
+    at the number of classes)."""
+    if not 0 < gamma < 1:
+        raise ValueError(f"gen's gamma must be in (0, 1), got {gamma!r}.")
+    p = np.exp(log_softmax(_logits(logits), axis=1))
+    top = np.sort(p, axis=1)[:, -min(int(m), p.shape[1]):]
+    return -np.sum(top**gamma * (1.0 - top) ** gamma, axis=1)
 
 
-def _train_set(train_features, train_labels):
-    train = _features("train_features", train_features)
+def knn_class_scores(features, train_features, train_labels, k: int = 3, chunk: int = 1024):
+    """Per class, the sum of the top-``k`` cosine similarities to that class's
+    training features: ``(N, C)``, classes in sorted label order."""
+    from keras_gradmix.osr.scorers import features_2d, unit
+
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}.")
+    test = unit(features_2d("features", features))
+    train = unit(features_2d("train_features", train_features))
     labels = np.asarray(train_labels).ravel()
     if labels.shape[0] != train.shape[0]:
         raise ValueError(
             f"train_labels has {labels.shape[0]} entries for {train.shape[0]} train features."
         )
     classes = np.unique(labels)
-    return train, labels, classes
-
-
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def knn_class_scores(features, train_features, train_labels, k: int = 3, chunk: int = 1024):
-    """Per class, the sum of the top-``k`` cosine similarities to that class's
-    training features: ``(N, C)``, classes in sorted label order."""
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}.")
-    test = _unit(_features("features", features))
-    train, labels, classes = _train_set(train_features, train_labels)
-    train = _unit(train)
     out = np.empty((test.shape[0], classes.size))
     for j, c in enumerate(classes):
         members = train[labels == c]
@@ -82,37 +77,28 @@ def knn_class_scores(features, train_features, train_labels, k: int = 3, chunk: 
     return out
 
 
-def knn(features, train_features, train_labels, k: int = 3) -> np.ndarray:
-    """kNN score as the GradMix reference code: ``max_c s_c / sum_c' s_c'``.
+def _fitted(name, features, train_features, train_labels=None, head=None, **options):
+    from keras_gradmix.osr.scorers import make_scorer
 
-    ``s_c`` is the sum of the top-``k`` cosine similarities to class ``c``'s
-    training features (:func:`knn_class_scores`). The score is relative: a
-    sample equally close to every class gets ``1 / C`` however far it is; it
-    assumes non-negative similarities (e.g. features after a ReLU). A sample
-    with no similarity to any class (e.g. all-zero features) also gets ``1 / C``.
-    """
-    s = knn_class_scores(features, train_features, train_labels, k)
-    total = s.sum(axis=1)
-    return np.divide(s.max(axis=1), total, out=np.full(total.shape, 1.0 / s.shape[1]),
-                     where=total > 0)
+    return make_scorer(name, **options).fit(train_features, train_labels, head)(features)
+
+
+def knn(features, train_features, train_labels=None, k: int = 50) -> np.ndarray:
+    """Sun et al. 2022: minus the distance to the ``k``-th nearest L2-normalised
+    training feature (fits and applies :class:`~keras_gradmix.osr.scorers.KNN`)."""
+    return _fitted("knn", features, train_features, train_labels, k=k)
+
+
+def knn_relative(features, train_features, train_labels, k: int = 3) -> np.ndarray:
+    """The GradMix authors' kNN score, ``max_c s_c / sum_c' s_c'`` (see
+    :class:`~keras_gradmix.osr.scorers.KNNRelative`)."""
+    return _fitted("knn_relative", features, train_features, train_labels, k=k)
 
 
 def mahalanobis(features, train_features, train_labels) -> np.ndarray:
-    """``max_c -(f - mu_c)^T S^-1 (f - mu_c)`` with class means ``mu_c`` and one
-    covariance ``S`` of the class-centred training features (Lee et al. 2018)."""
-    from sklearn.covariance import EmpiricalCovariance
-
-    test = _features("features", features)
-    train, labels, classes = _train_set(train_features, train_labels)
-    means = np.stack([train[labels == c].mean(axis=0) for c in classes])
-    centred = train - means[np.searchsorted(classes, labels)]
-    precision = EmpiricalCovariance(assume_centered=True).fit(centred).precision_
-    distances = np.stack(
-        [np.sum(((test - mu) @ precision) * (test - mu), axis=1) for mu in means], axis=1
-    )
-    return -distances.min(axis=1)
+    """``max_c -(f - mu_c)^T S^-1 (f - mu_c)`` (Lee et al. 2018; see
+    :class:`~keras_gradmix.osr.scorers.Mahalanobis`)."""
+    return _fitted("mahalanobis", features, train_features, train_labels)
 
 
-LOGIT_SCORES = {"msp": msp, "mls": mls, "energy": energy, "entropy": entropy}
-FEATURE_SCORES = {"knn": knn, "mahalanobis": mahalanobis}
-SCORES = tuple(LOGIT_SCORES) + tuple(FEATURE_SCORES)
+LOGIT_SCORES = {"msp": msp, "mls": mls, "energy": energy, "entropy": entropy, "gen": gen}
