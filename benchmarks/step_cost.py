@@ -15,6 +15,13 @@ Variants, each a fresh copy of the same model on the same batch:
                      forward + full backward (into every weight) for the
                      attribution, then the paired training pass
 
+Cost controls (``--cost-controls`` times only these, beside ``plain`` and
+``gradmix-paired``, and stores them in the rows' ``cost_controls``):
+
+    gradmix-paired-f0.5, -f0.25   masked_fraction=0.5 / 0.25: only that share
+                                  of the batch is masked and forwarded again
+    gradmix-paired-untracked      without the gradmix_masked/flat/area metrics
+
 Times are interleaved (one step of each variant per round, A B C ... A B C),
 each step synchronised; compile/warm-up rounds are discarded; medians and
 min-max are reported. Peak memory is measured per variant in a child process
@@ -28,6 +35,7 @@ step_cost.md is written from all rows.
 
     python benchmarks/step_cost.py                          # TensorFlow rows
     KERAS_BACKEND=torch python benchmarks/step_cost.py --jit off   # PyTorch rows
+    python benchmarks/step_cost.py --cost-controls          # only the partial-batch rows
     python benchmarks/step_cost.py --smoke --out /tmp/step_cost
 """
 
@@ -37,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +71,8 @@ VARIANTS = (
     "forward", "forward-train", "attribute", "plain", "cutmix-replace", "cutmix-paired",
     "gradmix-replace", "gradmix-paired", "reference-style",
 )
+COST_VARIANTS = ("plain", "gradmix-paired", "gradmix-paired-f0.5", "gradmix-paired-f0.25",
+                 "gradmix-paired-untracked")
 # name: (builder, input shape, GradMix options) -- the examples' settings.
 MODELS = {
     "small_cnn": (lambda: small_cnn(0), (28, 28, 1), dict(layer="conv2", attribution="layercam")),
@@ -136,6 +147,9 @@ def make_step(model_name, variant, jit, batch):
         "gradmix-replace": lambda: GradMixModel(model, mode="replace", seed=0, **options),
         "gradmix-paired": lambda: GradMixModel(model, mode="paired", seed=0, **options),
         "reference-style": lambda: ReferenceStyle(model, mode="paired", seed=0, **options),
+        "gradmix-paired-f0.5": lambda: GradMixModel(model, masked_fraction=0.5, seed=0, **options),
+        "gradmix-paired-f0.25": lambda: GradMixModel(model, masked_fraction=0.25, seed=0, **options),
+        "gradmix-paired-untracked": lambda: untracked(GradMixModel(model, seed=0, **options)),
     }[variant]()
     trainer.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -147,8 +161,27 @@ def make_step(model_name, variant, jit, batch):
     return lambda: total(train_step((x, y))["loss"])
 
 
-def timings(model_name, jit, batch, rounds, warmup):
-    return interleaved({v: make_step(model_name, v, jit, batch) for v in VARIANTS}, rounds, warmup)
+def untracked(gm):
+    gm.track_masking = lambda masked, batch_size: {}  # the step without the masking metrics
+    return gm
+
+
+def timings(model_name, jit, batch, rounds, warmup, variants=VARIANTS):
+    return interleaved({v: make_step(model_name, v, jit, batch) for v in variants}, rounds, warmup)
+
+
+def cost_controls(times) -> dict:
+    """Medians, and the partial-batch target: ``t(f) - t_plain <= f (t(1) -
+    t_plain) + 0.05 t_plain``; the metrics' share of a paired step."""
+    med = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+    plain, full = med["plain"], med["gradmix-paired"]
+    out = {"median_ms": med, "steps": len(next(iter(times.values()))),
+           "metrics_overhead": full / med["gradmix-paired-untracked"] - 1.0}
+    for f in (0.5, 0.25):
+        extra, bound = med[f"gradmix-paired-f{f}"] - plain, f * (full - plain) + 0.05 * plain
+        out[f"f{f}"] = {"extra_ms": extra, "bound_ms": bound, "met": extra <= bound,
+                        "extra_share_of_full": extra / (full - plain)}
+    return out
 
 
 def _rss(field):
@@ -217,6 +250,8 @@ def markdown(results, runs):
         lines += [f"- **{backend}**: `{meta['command']}`; batch {meta['batch']}, "
                   f"{meta['rounds']} rounds after {meta['warmup']}; {meta['versions']}; "
                   f"{meta['machine']}; {meta['device']}"]
+        if "cost_controls_command" in meta:
+            lines[-1] += f"; cost controls: `{meta['cost_controls_command']}`"
     lines += ["", "## Backends side by side (jit off)", "",
               "| model | backend | plain ms | gradmix-paired ms | paired / plain | "
               "gradmix-replace ms | replace / plain |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -228,6 +263,24 @@ def markdown(results, runs):
                          f"| {med['gradmix-paired'] / med['plain']:.2f} | {med['gradmix-replace']:.1f} "
                          f"| {med['gradmix-replace'] / med['plain']:.2f} |")
     lines.append("")
+    costs = {k: r["cost_controls"] for k, r in results.items() if "cost_controls" in r}
+    if costs:
+        lines += ["## Cost controls: a partial masked batch (`masked_fraction`), the masking metrics", "",
+                  "Target: `t(f) - t_plain <= f (t(1) - t_plain) + 0.05 t_plain`. The attribution "
+                  "(a backward to the attributed layer for the whole clean batch) is paid at every "
+                  "f; only the second forward/backward shrinks.", "",
+                  "| backend/model/jit | plain | f=1 | f=0.5 | f=0.25 | f=0.5: extra / bound (met) | "
+                  "f=0.25: extra / bound (met) | metrics overhead |",
+                  "|---|---:|---:|---:|---:|---|---|---:|"]
+        for key, c in costs.items():
+            med = c["median_ms"]
+            cells = [key] + [f"{med[v]:.1f}" for v in ("plain", "gradmix-paired",
+                                                      "gradmix-paired-f0.5", "gradmix-paired-f0.25")]
+            cells += [f"{c[f]['extra_ms']:.1f} / {c[f]['bound_ms']:.1f} ms "
+                      f"({'yes' if c[f]['met'] else '**no**'})" for f in ("f0.5", "f0.25")]
+            cells.append(f"{100 * c['metrics_overhead']:+.1f} %")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     for key, row in results.items():
         backend, model_name, jit = key.split("/")
         lines += [f"## {model_name}, {backend}, jit_compile={jit}", "",
@@ -289,6 +342,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--smoke", action="store_true",
                         help="checks the script: small CNN, batch 8, 2 rounds, memory of 2 variants")
+    parser.add_argument("--cost-controls", action="store_true",
+                        help="time only the cost-control variants; keep the rest of the stored rows")
     parser.add_argument("--probe", nargs=3, metavar=("MODEL", "VARIANT", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
@@ -298,31 +353,41 @@ def main(argv=None):
         args.models, args.batch, args.rounds, args.warmup = ["small_cnn"], 8, 2, 1
         args.memory = ["plain", "gradmix-replace"]
 
+    out = Path(args.out)
+    stored, runs = load(out / "step_cost.json")
     results = {}
     for model_name in args.models:
         for jit in args.jit:
-            times = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup)
-            mem = None
-            if jit == "off" and args.memory:
-                mem = memory(model_name, False, args.batch, min(args.rounds, 5), args.memory)
             key = f"{BACKEND}/{model_name}/{jit}"
-            results[key] = summarise(times, mem)
-            print(key, json.dumps(results[key]["ratios"]), flush=True)
+            if args.cost_controls:
+                results[key] = dict(stored.get(key, {}))
+            else:
+                times = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup)
+                mem = None
+                if jit == "off" and args.memory:
+                    mem = memory(model_name, False, args.batch, min(args.rounds, 5), args.memory)
+                results[key] = summarise(times, mem)
+                print(key, json.dumps(results[key]["ratios"]), flush=True)
+            costs = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup, COST_VARIANTS)
+            results[key]["cost_controls"] = cost_controls(costs)
+            print(key, "cost controls", json.dumps(results[key]["cost_controls"]), flush=True)
     prefix = "" if BACKEND == "tensorflow" else f"KERAS_BACKEND={BACKEND} "
     backend_module = __import__("tensorflow" if BACKEND == "tensorflow" else "torch")
+    command = f"{prefix}python benchmarks/step_cost.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": f"{prefix}python benchmarks/step_cost.py "
-                   + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "machine": machine(),
         "device": "CPU only (no GPU used)",
         "versions": f"python {platform.python_version()}, keras {keras.__version__}, "
                     f"{BACKEND} {backend_module.__version__}, numpy {np.__version__}",
         "batch": args.batch, "rounds": args.rounds, "warmup": args.warmup,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stored, runs = load(out / "step_cost.json")
-    stored = {k: v for k, v in stored.items() if not k.startswith(f"{BACKEND}/")}
+    if args.cost_controls:  # the rows' other variants keep the run that measured them
+        meta = {**runs.get(BACKEND, meta), "cost_controls_command": command}
+    else:
+        stored = {k: v for k, v in stored.items() if not k.startswith(f"{BACKEND}/")}
     stored.update(results)
     runs[BACKEND] = meta
     (out / "step_cost.json").write_text(json.dumps({"runs": runs, "results": stored}, indent=2))

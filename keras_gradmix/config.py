@@ -12,6 +12,7 @@ import keras
 from keras_gradmix import attribution, masks, mixing
 
 MODES = ("paired", "replace")
+POLICY_METHODS = ("gradmix", "cutmix", "mixup")
 BN_STATISTICS = ("clean", "all")
 AREA_SAMPLING = ("batch", "sample")
 LABEL_MODES = ("area", "attribution")
@@ -116,6 +117,29 @@ def _flag(name, value) -> bool:
     return value
 
 
+def _policy(value):
+    if value is None:
+        return None
+    try:
+        items = {str(k): float(v) for k, v in dict(value).items()}  # a dict or (name, p) pairs
+        ok = bool(items) and all(k in POLICY_METHODS and v >= 0 for k, v in items.items())
+        ok = ok and sum(items.values()) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"policy must map some of {POLICY_METHODS} to probabilities >= 0 (summing above "
+            f"0), got {value!r}. Example: policy={{'gradmix': 0.5, 'cutmix': 0.5}}.")
+    total = sum(items.values())
+    return tuple((k, items[k] / total) for k in POLICY_METHODS if items.get(k, 0) > 0)
+
+
+def _positive(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+    return float(value)
+
+
 def _seed(value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise ValueError(f"seed must be an int or None, got {value!r}.")
@@ -167,9 +191,30 @@ class GradMixConfig:
         probability: each sample is masked with this probability; the others
             stay clean (in paired mode their masked term gets weight 0). An
             image whose map is flat (no positive attribution) stays clean too.
+            Saves no compute: every image is still forwarded twice.
+        masked_fraction: paired mode only: mask and forward only ``ceil(f B)``
+            images of each batch, chosen at random per step (a static shape,
+            XLA-safe), so the masked pass costs ``f`` of a full one; their term
+            is weighted by ``f``, so the expected loss is that of masking each
+            image with probability ``f``.
         warmup_epochs: no masking during the first ``k`` epochs of ``fit``
             (the attribution of an untrained model is noise); fed to the
             compiled step through a variable, so it is not retraced.
+        stop_epoch: no masking from this epoch on (None: never stop).
+        area_ramp_epochs: the masked area grows linearly over this many
+            epochs after the warm-up (``(epoch - warmup + 1) / k`` of it).
+        probability_ramp_epochs: the masked share (``probability``, or the
+            share of the ``masked_fraction`` images masked) grows linearly
+            alike; the compute of ``masked_fraction`` stays fixed.
+        policy: per batch, the transformation of the second (masked) batch:
+            ``{"gradmix": p, "cutmix": q, "mixup": r}`` (normalised; None:
+            GradMix only), as timm's ``switch_prob``. CutMix pastes a random
+            box of a partner image (area ``1 - lam``, ``lam ~
+            Beta(cutmix_alpha)``), MixUp blends ``lam x + (1 - lam) x_p``
+            (``lam ~ Beta(mixup_alpha)``); labels weighted ``lam`` / ``1 - lam``
+            as those methods define; XLA-safe Beta draws.
+        cutmix_alpha, mixup_alpha: their Beta parameters (1.0, and 0.2 as
+            Keras' ``MixUp``).
         value_range: ``(low, high)`` of the images as fed (raw pixels, before
             ``normalization``), used for the noise. None: read from the model,
             ``(0, 255)`` for a KerasHub task with an image converter or a
@@ -213,7 +258,14 @@ class GradMixConfig:
     fill: Any = "noise"
     label_mode: str = "area"
     probability: float = 1.0
+    masked_fraction: float = 1.0
     warmup_epochs: int = 0
+    stop_epoch: int | None = None
+    area_ramp_epochs: int = 0
+    probability_ramp_epochs: int = 0
+    policy: Any = None
+    cutmix_alpha: float = 1.0
+    mixup_alpha: float = 0.2
     value_range: tuple[float, float] | None = None
     normalization: Any = None
     bn_statistics: str = "clean"
@@ -236,6 +288,13 @@ class GradMixConfig:
             label_mode=check_choice("label_mode", self.label_mode, LABEL_MODES),
             probability=_fraction("probability", self.probability),
             warmup_epochs=_epochs("warmup_epochs", self.warmup_epochs),
+            masked_fraction=_fraction("masked_fraction", self.masked_fraction),
+            stop_epoch=_optional_count("stop_epoch", self.stop_epoch),
+            area_ramp_epochs=_epochs("area_ramp_epochs", self.area_ramp_epochs),
+            probability_ramp_epochs=_epochs("probability_ramp_epochs", self.probability_ramp_epochs),
+            policy=_policy(self.policy),
+            cutmix_alpha=_positive("cutmix_alpha", self.cutmix_alpha),
+            mixup_alpha=_positive("mixup_alpha", self.mixup_alpha),
             value_range=None if self.value_range is None else _value_range(self.value_range),
             normalization=_normalization(self.normalization),
             output=_output(self.output),
@@ -246,6 +305,16 @@ class GradMixConfig:
             check_inputs=_flag("check_inputs", self.check_inputs),
         )
         checked["alpha"], checked["beta"] = masks.validate_beta(self.alpha, self.beta)
+        if checked["masked_fraction"] == 0:
+            raise ValueError("masked_fraction must be in (0, 1], got 0.")
+        if checked["masked_fraction"] < 1 and checked["mode"] != "paired":
+            raise ValueError(
+                f"masked_fraction={checked['masked_fraction']} needs mode='paired': replace mode "
+                f"trains on the masked batch only, so it cannot mask only part of it.")
+        if checked["stop_epoch"] is not None and checked["stop_epoch"] <= checked["warmup_epochs"]:
+            raise ValueError(
+                f"stop_epoch ({checked['stop_epoch']}) must come after warmup_epochs "
+                f"({checked['warmup_epochs']}): no epoch would be masked.")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -256,6 +325,8 @@ class GradMixConfig:
     def get_config(self) -> dict:
         """Plain, JSON-friendly values (pairs as lists)."""
         config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if config["policy"] is not None:
+            config["policy"] = dict(config["policy"])
         for name in ("mask_area", "value_range", "token_grid"):
             if config[name] is not None:
                 config[name] = list(config[name])

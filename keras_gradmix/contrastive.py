@@ -194,6 +194,10 @@ class Contrastive(Objective):
                 "The contrastive recipe fills the box with noise or a constant; fill='mix' "
                 "(pasting a partner) has no labels to mix in the contrastive recipe."
             )
+        if options.masked_fraction < 1 or options.policy is not None:
+            raise ValueError(
+                "The contrastive recipe masks view 1 of every image with GradMix: leave "
+                "masked_fraction at 1 and policy at None.")
 
     def prepare_inputs(self, x):
         return flatten_two_views(x)

@@ -137,13 +137,19 @@ def box_masks(maps, area):
         ``mask``: ``(B, H, W)`` bool, True inside the box; ``masked``: ``(B,)``
         float32, the real (clipped) masked fraction of each image.
     """
-    height, width = maps.shape[1], maps.shape[2]
-    batch = ops.shape(maps)[0]
+    return boxes_at(*peak_positions(maps), area, (maps.shape[1], maps.shape[2]))
+
+
+def boxes_at(cy, cx, area, image_size):
+    """Boxes centred at rows ``cy`` and columns ``cx`` (``(B,)`` int32), as
+    :func:`box_masks` places them at a map's peak."""
+    height, width = int(image_size[0]), int(image_size[1])
+    cy, cx = (ops.cast(ops.convert_to_tensor(c), "int32") for c in (cy, cx))
+    batch = ops.shape(cy)[0]
     area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
     side = ops.sqrt(area)
     side_h = ops.cast(ops.floor(height * side + 0.5), "int32")
     side_w = ops.cast(ops.floor(width * side + 0.5), "int32")
-    cy, cx = peak_positions(maps)
     top = cy - side_h // 2
     left = cx - side_w // 2
     rows = ops.arange(height, dtype="int32")[None, :]  # (1, H)

@@ -28,7 +28,12 @@ from keras_gradmix.tap import (
     tapped_outputs,
 )
 from keras_gradmix.tokens import as_feature_map
-from keras_gradmix.transform import MaskedBatch, apply_transformation, sample_transformation
+from keras_gradmix.transform import (
+    MASKING_METRICS,
+    MaskedBatch,
+    apply_transformation,
+    sample_transformation,
+)
 
 _KERAS_ARGUMENTS = ("name", "dtype", "trainable")
 
@@ -157,6 +162,7 @@ class GradMixModel(keras.Model):
         self.objective.check_options(self.options)
         self.seed_generator = keras.random.SeedGenerator(self.options.seed)
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="gradmix_epoch")
+        self.masking_trackers = [keras.metrics.Mean(name=name) for name in MASKING_METRICS]
         if model.built:  # what callbacks such as BackupAndRestore check
             self.built = True
 
@@ -180,14 +186,19 @@ class GradMixModel(keras.Model):
         return self.model(inputs, training=training)
 
     # ------------------------------------------------------------- configure
-    def compile(self, *args, jit_compile="auto", **kwargs):
-        if jit_compile is True and keras.backend.backend() == "torch":
+    @property
+    def jit_compile(self):
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value):  # what compile(jit_compile=...) sets
+        if value is True and keras.backend.backend() == "torch":
             raise ValueError(
                 "GradMix does not run under jit_compile=True on the PyTorch backend: "
                 "torch.compile cannot trace the attribution gradients (and on the CPU it "
                 "made even plain Keras training slower, docs/results/torch_compile.md). Use "
                 "jit_compile=False (the default on PyTorch), or XLA with TensorFlow or JAX.")
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
+        keras.Model.jit_compile.fset(self, value)
 
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``, plus one look at the first batch
@@ -227,6 +238,23 @@ class GradMixModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return self.objective.metrics(self, x, y, y_pred, sample_weight)
+
+    def get_metrics_result(self):
+        # The masking trackers are reset with the others but reported by the
+        # train step only: evaluate() has no masking to report.
+        return {k: v for k, v in super().get_metrics_result().items() if k not in MASKING_METRICS}
+
+    def track_masking(self, masked: MaskedBatch, batch_size) -> dict:
+        """Updates the masking trackers with one step; their results, for the logs."""
+        size = ops.cast(batch_size, "float32")
+        applied = ops.cast(masked.applied, "float32")
+        count = ops.sum(applied)
+        values = (count / size, ops.sum(ops.cast(masked.flat, "float32")) / size,
+                  ops.sum(applied * ops.cast(masked.area, "float32")) / ops.maximum(count, 1.0))
+        weights = (size, size, count)
+        for tracker, value, weight in zip(self.masking_trackers, values, weights):
+            tracker.update_state(value, sample_weight=weight)
+        return {tracker.name: tracker.result() for tracker in self.masking_trackers}
 
     def get_config(self):
         config = super().get_config()  # name, trainable, dtype

@@ -111,21 +111,30 @@ class Classification(Objective):
         return ops.sum(target_scores(labels_as_onehot(trainer, y, y_pred), y_pred, target))
 
     def loss_terms(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
+        def take(values, index):
+            return keras.tree.map_structure(lambda t: ops.take(t, index, axis=0), values)
+
+        index, scale = masked.index, 1.0
+        y_own, sw_own = y, sample_weight
+        if index is not None:  # masked_fraction: a k-image share, its term weighted by f
+            y_own = take(y, index)
+            sw_own = None if sample_weight is None else take(sample_weight, index)
+            scale = trainer.options.masked_fraction
+
         def weighted(w):
-            return w if sample_weight is None else w * ops.cast(sample_weight, "float32")
+            w = w if sw_own is None else w * ops.cast(sw_own, "float32")
+            return w * scale if scale != 1.0 else w
 
         terms = {}
         if trainer.options.mode == "paired":
             own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term
             terms["clean"] = clean_loss
-            terms["masked"] = compat.compiled_loss(trainer, y, y_masked, weighted(own), track=False)
+            terms["masked"] = compat.compiled_loss(trainer, y_own, y_masked, weighted(own), track=False)
         else:  # regularisation losses of the masked pass enter once, here
-            own = weighted(masked.own) if masked.partner is not None else sample_weight
-            terms["masked"] = keras.Model.compute_loss(trainer, x, y, y_masked, own, True)
+            terms["masked"] = keras.Model.compute_loss(trainer, x, y, y_masked, weighted(masked.own), True)
         if masked.partner is not None:
-            y_partner = keras.tree.map_structure(lambda t: ops.take(t, masked.partner, axis=0), y)
             terms["partner"] = compat.compiled_loss(
-                trainer, y_partner, y_masked, weighted(masked.pasted), track=False)
+                trainer, take(y, masked.partner), y_masked, weighted(masked.pasted), track=False)
         return terms
 
 

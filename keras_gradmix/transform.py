@@ -3,10 +3,11 @@
 The split Keras' own ``CutMix``/``MixUp`` layers make
 (``get_random_transformation`` then ``transform_images``/``transform_labels``)
 and timm's ``Mixup`` makes (``_params_per_batch`` then ``_mix_batch``):
-:func:`sample_transformation` draws everything random for one batch (areas,
-which samples, partners, noise) and :func:`apply_transformation` is a pure
-function of the images, their attribution maps and that draw. Both are
-``keras.ops`` code that compiles with XLA::
+:func:`sample_transformation` draws everything random for one batch (which
+images, areas, partners, noise, the policy's method) and
+:func:`apply_transformation` is a pure function of the images, their
+attribution maps and that draw. Both are ``keras.ops`` code that compiles with
+XLA (no Beta/Gamma ops, no retracing: the epoch enters as a tensor)::
 
     t = sample_transformation(options, batch_size=8, image_size=(28, 28), seed=0)
     masked = apply_transformation(images, maps, t, options)
@@ -14,41 +15,58 @@ function of the images, their attribution maps and that draw. Both are
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import keras
 from keras import ops
 
 from keras_gradmix import masks, mixing
-from keras_gradmix.config import GradMixConfig
+from keras_gradmix.config import POLICY_METHODS, GradMixConfig
+
+
+# Per epoch, in History: the share of the batch's images transformed, the share
+# left as they were because their map was flat, the mean share of an image replaced.
+MASKING_METRICS = ("gradmix_masked", "gradmix_flat", "gradmix_area")
 
 
 class Transformation(NamedTuple):
-    """Everything random about masking one batch, drawn before it is applied.
+    """Everything random about one batch, drawn before it is applied.
 
-    ``area``: ``(B,)`` float32 masked fraction asked for each image (one value
-    repeated with ``area_sampling="batch"``); ``sampled``: ``(B,)`` bool, drawn
-    for masking (``probability``, ``warmup_epochs``); ``partner``: ``(B,)``
-    partner indices with ``fill="mix"``, else None; ``noise``: ``(B, H, W, 1)``
-    fill noise with ``fill="noise"`` (``(B, H, W, C)`` when ``normalization``
-    standardises each channel), else None.
+    For the ``k`` transformed images (all ``B``, or ``ceil(masked_fraction B)``
+    chosen ones, ``index``): ``area`` ``(k,)`` masked fraction asked (scaled by
+    the area ramp); ``sampled`` ``(k,)`` bool, drawn for masking (schedule,
+    ``probability``); ``partner`` ``(k,)`` indices into the batch (``fill="mix"``
+    or a CutMix/MixUp policy), else None; ``noise`` ``(k, H, W, 1)`` (``(k, H,
+    W, C)`` with ``normalization``) with ``fill="noise"``, else None;
+    ``index`` ``(k,)`` the chosen images, or None for all; ``method`` scalar
+    int32, the policy's choice (``POLICY_METHODS``) or None for GradMix only;
+    ``lam`` ``(k,)`` the CutMix or MixUp weight of the image's own label, and
+    ``centre`` ``((k,), (k,))`` the CutMix box centres, or None.
     """
 
     area: object
     sampled: object
     partner: object
     noise: object
+    index: object = None
+    method: object = None
+    lam: object = None
+    centre: object = None
 
 
 class MaskedBatch(NamedTuple):
     """What one step trains on besides (or instead of) the clean batch.
 
-    All (B, ...) tensors, constants for the update: ``images`` (masked and
-    filled), ``maps`` (B, H, W) attribution in [0, 1], ``mask`` (B, H, W) bool,
-    ``own`` the weight of each image's own label, ``pasted`` the weight of the
-    partner's label (``fill="mix"``, else None), ``partner`` indices or None,
-    ``applied`` (B,) bool, whether each sample was masked: not when it was not
-    drawn (``probability``, ``warmup_epochs``) or its map is flat (no peak).
+    All ``(k, ...)`` tensors (``k`` images, see ``index``), constants for the
+    update: ``images`` (transformed), ``maps`` (k, H, W) attribution in [0, 1],
+    ``mask`` (k, H, W) bool, ``own`` the weight of each image's own label,
+    ``pasted`` the weight of the partner's label (else None), ``partner``
+    indices into the batch or None, ``applied`` (k,) bool, whether each image
+    was transformed (not when not drawn, or its map is flat or not finite),
+    ``index`` the images of the batch these are (None: all, in order),
+    ``flat`` (k,) bool, drawn but left as they were because the map is flat,
+    ``area`` (k,) the share of each image replaced (MixUp: ``1 - lam``).
     """
 
     images: object
@@ -58,6 +76,38 @@ class MaskedBatch(NamedTuple):
     pasted: object
     partner: object
     applied: object
+    index: object = None
+    flat: object = None
+    area: object = None
+
+
+def schedule(options: GradMixConfig, epoch=None):
+    """``(active, area_scale, share_scale)`` at ``epoch`` (a tensor or int;
+    None: past every warm-up and ramp): masking on after ``warmup_epochs`` and
+    before ``stop_epoch``; the ramps' linear factors in [0, 1]."""
+    if epoch is None:
+        return True, 1.0, 1.0
+    epoch = ops.cast(epoch, "float32")
+    active = ops.greater_equal(epoch, float(options.warmup_epochs))
+    if options.stop_epoch is not None:
+        active = active & ops.less(epoch, float(options.stop_epoch))
+
+    def ramp(length):
+        if not length:
+            return 1.0
+        return ops.clip((epoch - options.warmup_epochs + 1.0) / float(length), 0.0, 1.0)
+
+    return active, ramp(options.area_ramp_epochs), ramp(options.probability_ramp_epochs)
+
+
+def transformed_count(options: GradMixConfig, batch_size):
+    """``k``: the batch size, or ``ceil(masked_fraction B)`` (an int when ``B`` is)."""
+    if options.masked_fraction >= 1.0:
+        return batch_size
+    if isinstance(batch_size, int):
+        return max(1, math.ceil(options.masked_fraction * batch_size - 1e-9))
+    return ops.maximum(ops.cast(ops.ceil(options.masked_fraction * ops.cast(batch_size, "float32")
+                                         - 1e-6), "int32"), 1)
 
 
 def sample_transformation(
@@ -67,7 +117,7 @@ def sample_transformation(
     seed=None,
     epoch=None,
 ) -> Transformation:
-    """Draws the random parts of masking one batch.
+    """Draws the random parts of transforming one batch.
 
     Args:
         options: the :class:`GradMixConfig`.
@@ -75,67 +125,162 @@ def sample_transformation(
         image_size: ``(H, W)``.
         seed: a ``keras.random.SeedGenerator``, an int or None. An int gives
             each draw its own derived seed, so the draws are independent.
-        epoch: the current epoch (a scalar tensor or int) for
-            ``warmup_epochs``; None means past the warm-up.
+        epoch: the current epoch (a scalar tensor or int) for the schedule
+            (``warmup_epochs``, ``stop_epoch``, ramps); None: past all of it.
     """
-    area_seed, sample_seed, partner_seed, noise_seed = masks.split_seed(seed, 4)
-    shape = () if options.area_sampling == "batch" else (batch_size,)
-    area = masks.sample_mask_area(
-        shape, options.mask_area, options.alpha, options.beta, seed=area_seed
-    )
-    area = ops.broadcast_to(ops.cast(area, "float32"), (batch_size,))
-    sampled = ops.ones((batch_size,), "bool")
-    if options.probability < 1.0:
-        sampled = keras.random.uniform((batch_size,), seed=sample_seed) < options.probability
-    if options.warmup_epochs > 0 and epoch is not None:
-        sampled = sampled & ops.greater_equal(epoch, options.warmup_epochs)
-    partner = noise = None
-    if options.fill == "mix":
-        partner = mixing.random_partner(batch_size, seed=partner_seed)
-    elif options.fill == "noise":
+    seeds = iter(masks.split_seed(seed, 10))
+    active, area_scale, share_scale = schedule(options, epoch)
+    count = transformed_count(options, batch_size)
+    index = None
+    if options.masked_fraction < 1.0:
+        index = ops.argsort(keras.random.uniform((batch_size,), seed=next(seeds)))[:count]
+    shape = () if options.area_sampling == "batch" else (count,)
+    area = masks.sample_mask_area(shape, options.mask_area, options.alpha, options.beta,
+                                  seed=next(seeds))
+    area = ops.broadcast_to(ops.cast(area, "float32") * area_scale, (count,))
+    share = options.probability * share_scale
+    sampled = ops.logical_and(ops.ones((count,), "bool"), active)
+    if options.probability < 1.0 or options.probability_ramp_epochs:
+        sampled = sampled & (keras.random.uniform((count,), seed=next(seeds)) < share)
+    policy = dict(options.policy or (("gradmix", 1.0),))
+    partner = noise = method = lam = centre = None
+    if options.fill == "mix" or set(policy) - {"gradmix"}:
+        partner = mixing.random_partner(batch_size, seed=next(seeds))
+        partner = partner if index is None else ops.take(partner, index, axis=0)
+    if options.fill == "noise" and "gradmix" in policy:
         value_range = options.value_range or (0.0, 1.0)  # None: not resolved by a model
-        noise = mixing.sample_noise(batch_size, image_size, value_range, seed=noise_seed)
+        noise = mixing.sample_noise(count, image_size, value_range, seed=next(seeds))
         if options.normalization is not None:  # raw pixels, standardised as the images are
             mean, std = (ops.convert_to_tensor(v, "float32") for v in options.normalization)
             noise = (noise - mean) / std
-    return Transformation(area=area, sampled=sampled, partner=partner, noise=noise)
+    if len(policy) > 1 or "gradmix" not in policy:
+        bounds = ops.convert_to_tensor([sum(list(policy.values())[: i + 1]) for i in range(len(policy))])
+        draw = keras.random.uniform((), seed=next(seeds))
+        choice = ops.sum(ops.cast(draw >= bounds[:-1], "int32"))  # the policy's i-th method
+        method = ops.take(ops.convert_to_tensor([POLICY_METHODS.index(m) for m in policy], "int32"),
+                          choice)
+        alpha = options.cutmix_alpha if "cutmix" in policy else options.mixup_alpha
+        if "cutmix" in policy and "mixup" in policy:  # one draw per batch, the chosen one's alpha
+            alpha = None
+        lam = _sample_lam(options, policy, method, count, alpha, next(seeds))
+        if "cutmix" in policy:
+            centre = (ops.cast(keras.random.uniform((count,), 0, image_size[0], seed=next(seeds)), "int32"),
+                      ops.cast(keras.random.uniform((count,), 0, image_size[1], seed=next(seeds)), "int32"))
+    return Transformation(area=area, sampled=sampled, partner=partner, noise=noise, index=index,
+                          method=method, lam=lam, centre=centre)
+
+
+def _sample_lam(options, policy, method, count, alpha, seed):
+    if alpha is not None:
+        return masks.sample_beta((count,), alpha, alpha, seed=seed)
+    seed_c, seed_m = masks.split_seed(seed, 2)
+    cutmix = masks.sample_beta((count,), options.cutmix_alpha, options.cutmix_alpha, seed=seed_c)
+    mixup = masks.sample_beta((count,), options.mixup_alpha, options.mixup_alpha, seed=seed_m)
+    return ops.where(ops.equal(method, POLICY_METHODS.index("cutmix")), cutmix, mixup)
 
 
 def apply_transformation(images, maps, transformation: Transformation, options: GradMixConfig) -> MaskedBatch:
-    """Masks each image where its map peaks and fills the mask; weighs labels.
+    """Transforms the chosen images: GradMix masks each where its map peaks and
+    fills the mask; CutMix pastes a random box of the partner; MixUp blends
+    with the partner. Weighs the labels; takes the policy's method.
 
-    Pure: the same images, maps and ``transformation`` give the same batch.
-    An image whose map is flat (no peak: nothing the model attends to) or not
-    finite (an overflow) is left unmasked.
+    ``images`` and ``maps`` are the whole batch (partners come from it). Pure:
+    the same images, maps and ``transformation`` give the same batch. An image
+    whose map is flat (no peak: nothing the model attends to) or not finite
+    (an overflow) is left unmasked by GradMix.
     """
     t = transformation
     images = ops.convert_to_tensor(images)
-    mask, masked = masks.MASKS[options.mask](maps, t.area)
+    if not keras.backend.is_float_dtype(images.dtype):
+        images = ops.cast(images, "float32")
     maps = ops.convert_to_tensor(maps)
-    # A map with a non-finite value (an overflow) is not trusted: zeroed, unmasked.
+    # A map with a non-finite value (an overflow) is not trusted: zeroed, not masked.
     finite = ops.all(ops.isfinite(maps), axis=(1, 2))
     maps = ops.where(finite[:, None, None], maps, 0.0)
-    peaked = ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))
-    applied = ops.logical_and(ops.convert_to_tensor(t.sampled), peaked & finite)
+
+    def chosen(x):
+        return x if t.index is None else ops.take(x, t.index, axis=0)
+
+    own = (chosen(images), chosen(maps), chosen(finite))
+    partner = None if t.partner is None else (ops.take(images, t.partner, axis=0),
+                                              ops.take(maps, t.partner, axis=0))
+    if t.method is None:
+        return _gradmix(*own, partner, t, options)
+    policy, batches = dict(options.policy), {}
+    if "gradmix" in policy:
+        batches["gradmix"] = _gradmix(*own, partner, t, options)
+    if "cutmix" in policy:
+        batches["cutmix"] = _cutmix(own[0], own[1], partner[0], t)
+    if "mixup" in policy:
+        batches["mixup"] = _mixup(own[0], own[1], partner[0], t)
+    return _select(batches, t.method)
+
+
+def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
+    mask, masked = masks.MASKS[options.mask](maps, t.area)
+    peaked = (ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))) & finite
+    sampled = ops.convert_to_tensor(t.sampled)
+    applied = sampled & peaked
     mask = mask & applied[:, None, None]
     masked = ops.where(applied, masked, 0.0)
-    filled = mixing.apply_fill(images, mask, options.fill, partner=t.partner, noise=t.noise)
+    if options.fill == "mix":
+        filled = ops.where(mask[..., None], partner[0], images)
+    else:
+        filled = mixing.apply_fill(images, mask, options.fill, noise=t.noise)
     pasted = None
-    if options.label_mode == "area":
+    if options.mode == "replace" and options.fill != "mix":
+        own = ops.ones_like(masked)  # replace mode trains on the masked image at full weight
+    elif options.label_mode == "area":
         own = 1.0 - masked
-        if t.partner is not None:
+        if options.fill == "mix":
             pasted = masked
     else:
         own = 1.0 - mixing.attribution_share(maps, mask)
-        if t.partner is not None:
-            pasted = mixing.attribution_share(ops.take(maps, t.partner, axis=0), mask)
+        if options.fill == "mix":
+            pasted = mixing.attribution_share(partner[1], mask)
+    if t.partner is not None and pasted is None:
+        pasted = ops.zeros_like(own)  # a policy's partner term, weight 0 on GradMix batches
+    return _batch(filled, maps, mask, own, pasted, t, applied, sampled & ~peaked, masked)
+
+
+def _cutmix(images, maps, partner_images, t) -> MaskedBatch:
+    """A box of area ``1 - lam`` at a random centre, clipped at the border,
+    from the partner; labels weighted by the real kept and pasted areas."""
+    sampled = ops.convert_to_tensor(t.sampled)
+    mask, pasted = masks.boxes_at(*t.centre, 1.0 - t.lam, images.shape[1:3])
+    mask = mask & sampled[:, None, None]
+    pasted = ops.where(sampled, pasted, 0.0)
+    filled = ops.where(mask[..., None], partner_images, images)
+    return _batch(filled, maps, mask, 1.0 - pasted, pasted, t, sampled,
+                  ops.zeros_like(sampled), pasted)
+
+
+def _mixup(images, maps, partner_images, t) -> MaskedBatch:
+    """``lam x + (1 - lam) x_partner``; labels weighted ``lam`` and ``1 - lam``."""
+    sampled = ops.convert_to_tensor(t.sampled)
+    lam = ops.where(sampled, ops.cast(t.lam, "float32"), 1.0)
+    weight = ops.cast(lam[:, None, None, None], images.dtype)
+    blended = weight * images + (1.0 - weight) * partner_images
+    mask = ops.zeros(ops.shape(maps), "bool")
+    return _batch(blended, maps, mask, lam, 1.0 - lam, t, sampled, ops.zeros_like(sampled), 1.0 - lam)
+
+
+def _batch(images, maps, mask, own, pasted, t, applied, flat, area) -> MaskedBatch:
     constant = ops.stop_gradient
     return MaskedBatch(
-        images=constant(filled),
-        maps=constant(maps),
-        mask=mask,
-        own=constant(own),
-        pasted=None if pasted is None else constant(pasted),
-        partner=t.partner,
-        applied=applied,
+        images=constant(images), maps=constant(maps), mask=mask, own=constant(own),
+        pasted=None if pasted is None else constant(pasted), partner=t.partner,
+        applied=applied, index=t.index, flat=flat, area=constant(area),
     )
+
+
+def _select(batches: dict, method) -> MaskedBatch:
+    """The policy's batch, field by field (every candidate has the same shapes)."""
+    names = list(batches)
+    out = batches[names[0]]
+    for name in names[1:]:
+        pick = ops.equal(method, POLICY_METHODS.index(name))
+        out = MaskedBatch(*(
+            a if a is None or a is b else ops.where(pick, b, a)
+            for a, b in zip(out, batches[name])))
+    return out

@@ -41,6 +41,22 @@ def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
     text = (tmp_path / "step_cost.md").read_text()
     assert "`python benchmarks/step_cost.py --smoke --out" in text
     assert "| t_gradmix_paired / t_cutmix_paired |" in text and "keras " + keras.__version__ in text
+    costs = results["tensorflow/small_cnn/off"]["cost_controls"]
+    med = costs["median_ms"]
+    assert set(med) == set(step_cost.COST_VARIANTS)
+    f = costs["f0.25"]
+    assert f["extra_ms"] == pytest.approx(med["gradmix-paired-f0.25"] - med["plain"])
+    assert f["bound_ms"] == pytest.approx(0.25 * (med["gradmix-paired"] - med["plain"]) + 0.05 * med["plain"])
+    assert f["met"] == (f["extra_ms"] <= f["bound_ms"])
+    assert "## Cost controls" in text
+    # --cost-controls re-times only those, keeping the rows' other variants.
+    again = step_cost.main(["--smoke", "--cost-controls", "--jit", "off", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    assert saved["results"]["tensorflow/small_cnn/on"] == json.loads(json.dumps(results["tensorflow/small_cnn/on"]))
+    row = saved["results"]["tensorflow/small_cnn/off"]
+    assert row["median_ms"] == results["tensorflow/small_cnn/off"]["median_ms"]
+    assert row["cost_controls"] == json.loads(json.dumps(again["tensorflow/small_cnn/off"]["cost_controls"]))
+    assert "--cost-controls" in saved["runs"]["tensorflow"]["cost_controls_command"]
 
 
 def test_gpu_check_smoke_on_the_jax_cpu(tmp_path):

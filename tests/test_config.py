@@ -13,7 +13,9 @@ ALL_OPTIONS = dict(
     label_mode="attribution", probability=0.7, warmup_epochs=3, value_range=[0.0, 255.0],
     normalization=[[0.5, 0.4, 0.3], [0.2, 0.25, 0.3]], bn_statistics="all", seed=5, output="b",
     check_inputs=False,
-    prefix_tokens=1, token_grid=[7, 7],
+    prefix_tokens=1, token_grid=[7, 7], masked_fraction=1.0, stop_epoch=9, area_ramp_epochs=2,
+    probability_ramp_epochs=4, policy={"gradmix": 0.5, "cutmix": 0.25, "mixup": 0.25},
+    cutmix_alpha=0.5, mixup_alpha=0.4,
 )
 
 

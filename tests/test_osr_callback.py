@@ -60,6 +60,13 @@ def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
     assert [r["score"] for r in rows] == 2 * list(scores) and "ccr_fpr5" in rows[0]
     last_mls = [r for r in rows if r["score"] == "mls"][-1]
     assert float(last_mls["auroc"]) == pytest.approx(direct["mls"]["auroc"], abs=1e-6)
+    # What GradMix did each epoch, beside the scores (empty for a plain model).
+    for name in ("gradmix_masked", "gradmix_flat", "gradmix_area"):
+        column = [r[name] for r in rows if r["score"] == "mls"]
+        if wrap:
+            assert [float(v) for v in column] == pytest.approx(history.history[name], abs=1e-6)
+        else:
+            assert column == ["", ""] and name not in history.history
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "osr_epoch_001.png", "osr_epoch_002.png"]
 

@@ -10,6 +10,7 @@ import keras
 from keras_gradmix.osr.decisions import FPRS, OpenSetClassifier, ccr_at_fpr
 from keras_gradmix.osr.evaluation import check_scores, metrics_by_score, open_set_scores
 from keras_gradmix.osr.plots import plot_open_set
+from keras_gradmix.transform import MASKING_METRICS
 
 METRICS = ("accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "oscr")
 
@@ -36,7 +37,9 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             feature scores (``knn, knn_relative, mahalanobis, react, ash,
             scale, vim``; fitted once per evaluation on ``train_data``).
         every: evaluate after every ``every``-th epoch (and not otherwise).
-        csv_path: optional CSV file; one row per (epoch, score) is appended.
+        csv_path: optional CSV file; one row per (epoch, score) is appended,
+            with the epoch's ``gradmix_masked, gradmix_flat, gradmix_area``
+            (empty for a plain model).
         plot_dir: optional folder for ``osr_epoch_001.png``, ...: ROC curves
             and known/unknown score histograms.
         train_data: known-class training samples ``(x, y)``, needed by the
@@ -110,22 +113,24 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         results = self.evaluate()
+        # What GradMix did this epoch (empty for a plain model), beside the scores.
+        masking = {k: float(logs[k]) for k in MASKING_METRICS if logs and k in logs}
         for name, metrics in results.items():
             for metric, value in metrics.items():
                 if logs is not None and (metric in METRICS or metric.startswith("ccr_")):
                     logs[f"{self.prefix}{metric}_{name}"] = value
-            self.history.append({"epoch": epoch + 1, "score": name, **metrics})
+            self.history.append({"epoch": epoch + 1, "score": name, **metrics, **masking})
         if self.decision is not None:
             self.decide(logs)
         if self.csv_path is not None:
-            self._write_csv(epoch + 1, results)
+            self._write_csv(epoch + 1, results, masking)
         if self.plot_dir is not None:
             raw = self._last_raw
             plot_open_set(raw["known"], raw["unknown"],
                           os.path.join(self.plot_dir, f"osr_epoch_{epoch + 1:03d}.png"),
                           title=f"epoch {epoch + 1}")
 
-    def _write_csv(self, epoch, results):
+    def _write_csv(self, epoch, results, masking):
         new = not os.path.exists(self.csv_path)
         directory = os.path.dirname(os.fspath(self.csv_path))
         if directory:
@@ -134,6 +139,7 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             writer = csv.writer(f)
             columns = [*METRICS, *(f"ccr_fpr{100 * f:g}" for f in FPRS)]
             if new:
-                writer.writerow(["epoch", "score", *columns])
+                writer.writerow(["epoch", "score", *columns, *MASKING_METRICS])
+            done = [f"{masking[m]:.6f}" if m in masking else "" for m in MASKING_METRICS]
             for name, metrics in results.items():
-                writer.writerow([epoch, name, *(f"{metrics[m]:.6f}" for m in columns)])
+                writer.writerow([epoch, name, *(f"{metrics[m]:.6f}" for m in columns), *done])

@@ -133,23 +133,27 @@ def train_step(gm, state, data):
             loss = sum(terms.values())
             scaled = gm.optimizer.scale_loss(loss)
         updated = _current(scope, gm.non_trainable_variables), _current(scope, gm.metrics_variables)
-        return scaled, (loss, y_pred, updated, gm.nonfinite_code(terms))
+        return scaled, (loss, y_pred, updated, gm.nonfinite_code(terms), masked)
 
-    (_, (loss, y_pred, (non_trainable, metrics_variables), code)), grads = jax.value_and_grad(
+    (_, (loss, y_pred, (non_trainable, metrics_variables), code, masked)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(trainable)
     trainable, optimizer_variables = gm.optimizer.stateless_apply(
         optimizer_variables, grads, trainable
     )
-    logs, metrics_variables = update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight)
+    logs, metrics_variables = update_metrics(
+        gm, metrics_variables, loss, x, y, y_pred, sample_weight, masked)
     logs = {**logs, NONFINITE: code}
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 
-def update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight):
-    """The loss tracker and the compiled metrics, statelessly: ``(logs, values)``."""
+def update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight, masked=None):
+    """The loss tracker, the compiled metrics and (given the masked batch) the
+    masking trackers, statelessly: ``(logs, values)``."""
     mapping = list(zip(gm.metrics_variables, metrics_variables))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         compat.loss_tracker(gm).update_state(loss, sample_weight=x.shape[0])
         logs = gm.compute_metrics(x, y, y_pred, sample_weight)
+        if masked is not None:
+            logs = {**logs, **gm.track_masking(masked, x.shape[0])}
     return logs, _current(scope, gm.metrics_variables)

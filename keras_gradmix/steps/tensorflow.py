@@ -9,6 +9,7 @@ code; this module only tapes and differentiates.
 from __future__ import annotations
 
 import keras
+from keras import ops
 import tensorflow as tf
 
 from keras_gradmix import compat
@@ -72,4 +73,5 @@ def train_step(gm, data):
     del tape
     gm.optimizer.apply_gradients(zip(gradients, trainable_weights))
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    return {**logs, NONFINITE: gm.nonfinite_code(terms)}
+    masking = gm.track_masking(masked, ops.shape(x)[0])
+    return {**logs, **masking, NONFINITE: gm.nonfinite_code(terms)}

@@ -10,6 +10,7 @@ lives in backend-agnostic code.
 from __future__ import annotations
 
 import keras
+from keras import ops
 import torch
 
 from keras_gradmix import compat
@@ -76,4 +77,5 @@ def train_step(gm, data):
         with torch.no_grad():
             gm.optimizer.apply(gradients, trainable_weights)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    return {**logs, NONFINITE: gm.nonfinite_code(terms)}
+    masking = gm.track_masking(masked, ops.shape(x)[0])
+    return {**logs, **masking, NONFINITE: gm.nonfinite_code(terms)}
