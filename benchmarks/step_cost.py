@@ -250,8 +250,7 @@ def markdown(results, runs):
         lines += [f"- **{backend}**: `{meta['command']}`; batch {meta['batch']}, "
                   f"{meta['rounds']} rounds after {meta['warmup']}; {meta['versions']}; "
                   f"{meta['machine']}; {meta['device']}"]
-        if "cost_controls_command" in meta:
-            lines[-1] += f"; cost controls: `{meta['cost_controls_command']}`"
+
     lines += ["", "## Backends side by side (jit off)", "",
               "| model | backend | plain ms | gradmix-paired ms | paired / plain | "
               "gradmix-replace ms | replace / plain |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -268,7 +267,8 @@ def markdown(results, runs):
         lines += ["## Cost controls: a partial masked batch (`masked_fraction`), the masking metrics", "",
                   "Target: `t(f) - t_plain <= f (t(1) - t_plain) + 0.05 t_plain`. The attribution "
                   "(a backward to the attributed layer for the whole clean batch) is paid at every "
-                  "f; only the second forward/backward shrinks.", "",
+                  "f; only the second forward/backward shrinks. Each row's command is in "
+                  "step_cost.json (`cost_controls.command`).", "",
                   "| backend/model/jit | plain | f=1 | f=0.5 | f=0.25 | f=0.5: extra / bound (met) | "
                   "f=0.25: extra / bound (met) | metrics overhead |",
                   "|---|---:|---:|---:|---:|---|---|---:|"]
@@ -355,6 +355,9 @@ def main(argv=None):
 
     out = Path(args.out)
     stored, runs = load(out / "step_cost.json")
+    prefix = "" if BACKEND == "tensorflow" else f"KERAS_BACKEND={BACKEND} "
+    command = f"{prefix}python benchmarks/step_cost.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     results = {}
     for model_name in args.models:
         for jit in args.jit:
@@ -369,12 +372,9 @@ def main(argv=None):
                 results[key] = summarise(times, mem)
                 print(key, json.dumps(results[key]["ratios"]), flush=True)
             costs = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup, COST_VARIANTS)
-            results[key]["cost_controls"] = cost_controls(costs)
+            results[key]["cost_controls"] = {**cost_controls(costs), "command": command}
             print(key, "cost controls", json.dumps(results[key]["cost_controls"]), flush=True)
-    prefix = "" if BACKEND == "tensorflow" else f"KERAS_BACKEND={BACKEND} "
     backend_module = __import__("tensorflow" if BACKEND == "tensorflow" else "torch")
-    command = f"{prefix}python benchmarks/step_cost.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command,
         "machine": machine(),
@@ -385,7 +385,7 @@ def main(argv=None):
     }
     out.mkdir(parents=True, exist_ok=True)
     if args.cost_controls:  # the rows' other variants keep the run that measured them
-        meta = {**runs.get(BACKEND, meta), "cost_controls_command": command}
+        meta = runs.get(BACKEND, meta)
     else:
         stored = {k: v for k, v in stored.items() if not k.startswith(f"{BACKEND}/")}
     stored.update(results)
