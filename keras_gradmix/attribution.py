@@ -101,7 +101,7 @@ def attribution_maps(
     activations,
     gradients,
     image_size: tuple[int, int],
-    method: str = "gradcam",
+    method: str = "layercam",
     normalize: str = "image",
 ):
     """Attribution maps at the image resolution, in [0, 1]: ``(B, H, W)``.

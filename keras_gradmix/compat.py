@@ -121,3 +121,17 @@ def producing_layer(tensor):
 def own_variables(layer) -> list:
     """The variables a layer saves itself (not its sublayers')."""
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def forget_step_functions(model) -> None:
+    """Drops the compiled train/test functions after a failed ``fit``.
+
+    On TensorFlow a trace that raised leaves a ``tf.function`` whose next call
+    is not its first, so the variables the first step creates (optimizer
+    slots, metrics) can no longer be made ("Creating variables on a non-first
+    call to a function decorated with tf.function"); plain Keras models share
+    this. Keras rebuilds these functions when they are None.
+    """
+    model.train_function = None
+    model.test_function = None
+

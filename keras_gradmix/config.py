@@ -154,8 +154,10 @@ class GradMixConfig:
     arguments (``gm.options``); it is saved with the model.
 
     Attributes:
-        attribution: ``"gradcam"``, ``"layercam"`` (``sum_c A * ReLU(grad)``,
-            the reference code's form) or ``"gradcam++"``.
+        attribution: ``"layercam"`` (default since 0.2: ``sum_c A *
+            ReLU(grad)``, the reference code's form; never flat where
+            Grad-CAM's maps often are, docs/results/flat_maps.md),
+            ``"gradcam"`` or ``"gradcam++"``.
         mode: ``"paired"`` (paper): ``loss = L(clean) + w * L(masked)``, with
             ``w`` the kept-area fraction per sample; ``"replace"``: train on
             the masked batch only.
@@ -237,7 +239,7 @@ class GradMixConfig:
             (pixels finite and in ``value_range``, labels valid class indices,
             see :mod:`keras_gradmix.inspection`); False skips it.
 
-    Example:
+    Examples:
 
     ```python
     from keras_gradmix import GradMixConfig
@@ -246,7 +248,7 @@ class GradMixConfig:
     ```
     """
 
-    attribution: str = "gradcam"
+    attribution: str = "layercam"
     mode: str = "paired"
     target: Any = "label"
     normalize: str = "image"

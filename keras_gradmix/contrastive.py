@@ -9,7 +9,7 @@ anchor; its positives are the other features of the same image (SimCLR,
 other feature, self excluded. The loss is scaled by
 ``temperature / base_temperature`` and averaged over anchors.
 
-Example:
+Examples:
 
 ```python
 import numpy as np
@@ -300,7 +300,7 @@ class GradMixContrastive(GradMixModel):
     ``warmup_epochs=``...; ``attribution`` defaults to ``"layercam"``, the
     reference code's form). Compile with an optimizer only (no loss).
 
-    Example:
+    Examples:
 
     ```python
     import numpy as np, keras

@@ -26,7 +26,7 @@ jpeg_compression    JPEG quality: 80 65 58 50 40
 
 Blurs pad by reflection (as OpenCV's default border).
 
-Example:
+Examples:
 
 ```python
 import numpy as np
@@ -226,7 +226,7 @@ def corrupt_dataset(dataset, corruption: str, severity: int, seed: int = 0):
     element is corrupted with seed ``(seed, i)``, so a dataset in a fixed
     order gives the same images on every pass.
 
-    Example:
+    Examples:
 
     ```python
     test_c = corrupt_dataset(test_ds, "shot_noise", severity=5, seed=0)

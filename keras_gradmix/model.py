@@ -111,7 +111,7 @@ class GradMixModel(keras.Model):
     multiplied by the loss scale under ``mixed_float16`` so its gradient does
     not underflow (maps are invariant to a positive scale).
 
-    Example:
+    Examples:
 
     ```python
     import numpy as np
@@ -213,11 +213,19 @@ class GradMixModel(keras.Model):
             self.inspect_batch(x, y, sample_weight)
         # First, so that no other callback sees the step's non-finite diagnostic.
         arguments["callbacks"] = [_EpochCounter(self.epoch), *(arguments.get("callbacks") or [])]
-        return super().fit(**arguments)
+        try:
+            return super().fit(**arguments)
+        except BaseException:
+            compat.forget_step_functions(self)  # so that the next fit traces afresh
+            raise
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         self.inspect_batch(x, y, sample_weight)
-        logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
+        try:
+            logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
+        except BaseException:
+            compat.forget_step_functions(self)
+            raise
         counter = _EpochCounter(self.epoch)
         counter.epoch = int(ops.convert_to_numpy(self.epoch))
         counter.on_train_batch_end(0, logs)  # raises for a non-finite term, drops the code

@@ -40,7 +40,7 @@ def plot_masks(
     ``rows * cell_inches * dpi`` high. Uses :meth:`GradMixModel.preview`, so
     the model and its training RNG are left untouched.
 
-    Example:
+    Examples:
         >>> plot_masks(gm, x_val[:8], y_val[:8], "masks.png")
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -96,7 +96,7 @@ class MaskPreview(keras.callbacks.Callback):
             package: ``pip install keras-gradmix[tensorboard]``).
         max_samples, seed: as in :func:`plot_masks`.
 
-    Example:
+    Examples:
         >>> gm.fit(ds, epochs=20, callbacks=[MaskPreview(x_val[:8], y_val[:8], "masks", every=5)])
     """
 

@@ -34,7 +34,7 @@ def evaluate_corruptions(
         "mean": mean over every corruption and severity}``, the last being the
         mean corruption accuracy.
 
-    Example:
+    Examples:
 
     ```python
     result = evaluate_corruptions(model, (x_test, y_test), severities=(1, 3, 5))

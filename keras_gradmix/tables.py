@@ -2,7 +2,7 @@
 
 No pandas: the evaluation helpers return plain rows, these write them out.
 
-Example:
+Examples:
     >>> rows = [{"method": "plain", "auroc": 0.91}, {"method": "plain", "auroc": 0.93}]
     >>> print(to_markdown(mean_std(rows, by=["method"], values=["auroc"]),
     ...                   formats={"auroc": "{:.2f}", "auroc_std": "{:.2f}"}))
@@ -91,7 +91,7 @@ def paired_differences(rows: Sequence[Mapping], value: str, baseline: str, by: s
     t(n-1) · sd / sqrt(n), sd with n - 1; None for fewer than two pairs) and
     ``wins`` (pairs where the group is higher).
 
-    Example:
+    Examples:
         >>> rows = [{"method": m, "split": 0, "seed": s, "auroc": a} for m, s, a in
         ...         [("plain", 0, .60), ("plain", 1, .62), ("gm", 0, .63), ("gm", 1, .64)]]
         >>> [round(r["diff"], 3) for r in paired_differences(rows, "auroc", "plain")]

@@ -11,6 +11,7 @@ layers inside nested sub-models, and needs no second, truncated model.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 from typing import Callable, Iterator
@@ -64,11 +65,27 @@ def image_layer_paths(model) -> list[str]:
     ]
 
 
-def resolve_layer(model, path: str) -> keras.Layer:
+SHOWN = 10  # candidates an error lists: the last ones before the output
+
+
+def candidate_text(paths: list[str], kind: str) -> str:
+    """``paths`` for an error: all of them, or the last ``SHOWN`` (the ones
+    near the output people usually want) and how to print the rest."""
+    if len(paths) <= SHOWN:
+        return f"Its {kind}: {paths}."
+    return (f"The last {SHOWN} of its {len(paths)} {kind}: {paths[-SHOWN:]}. Print them all "
+            f"with [path for path, _ in keras_gradmix.iter_layers(model)].")
+
+
+def resolve_layer(model, path: str, kind: str = "attribution") -> keras.Layer:
     """The layer at ``path`` inside ``model``; a ValueError lists the candidates.
 
-    A KerasHub backbone's ``pyramid_outputs`` level ("P3") names the layer
-    that outputs it ("backbone/P3")."""
+    ``path`` is a name or a "/"-separated path ("backbone/conv5_block3_out"); a
+    bare name that is unique anywhere in the model finds its nested layer
+    ("conv5_block3_out"). A KerasHub backbone's ``pyramid_outputs`` level
+    ("P3") names the layer that outputs it ("backbone/P3"). ``kind``:
+    "attribution" (4-D maps or tokens are wanted) or "features" (any layer).
+    """
     if not isinstance(path, str) or not path:
         raise ValueError(
             f"layer must be a layer name or a '/'-separated path such as "
@@ -80,6 +97,13 @@ def resolve_layer(model, path: str) -> keras.Layer:
         pyramid = getattr(layer, "pyramid_outputs", None)
         if not matches and isinstance(pyramid, dict) and name in pyramid:
             matches = [compat.producing_layer(pyramid[name])]  # a KerasHub level, e.g. "P4"
+        if not matches and "/" not in path:  # a bare name: unique anywhere inside?
+            nested = [(p, child) for p, child in iter_layers(layer) if child.name == name]
+            if len(nested) > 1:
+                raise ValueError(
+                    f"Layer name {name!r} is ambiguous in model {model.name!r}: "
+                    f"{[p for p, _ in nested]}. Pass one of these paths.")
+            matches = [child for _, child in nested]
         if not matches:
             if any(op.name == name for op in compat.graph_layers_from_inputs(layer)):
                 raise ValueError(
@@ -87,18 +111,24 @@ def resolve_layer(model, path: str) -> keras.Layer:
                     f"{layer.name!r}, but its output does not reach the model's output; "
                     f"attribute a layer on the path to the output."
                 )
-            candidates = image_layer_paths(model)
-            kind = "layers with a 4-D output"
-            if not candidates:
-                candidates = [p for p, _ in iter_layers(model)]
-                kind = "layers"
-            raise ValueError(
-                f"No layer {name!r} (from layer={path!r}) in model {model.name!r}. "
-                f"Its {kind}: {candidates}. Pass one of them, or layer=None for "
-                f"the last layer with a 4-D output."
-            )
+            raise ValueError(f"No layer {name!r} (from {'layer' if kind == 'attribution' else 'feature_layer'}"
+                             f"={path!r}) in model {model.name!r}. " + _candidates(model, name, kind))
         layer = matches[0]
     return layer
+
+
+def _candidates(model, name, kind) -> str:
+    every = [p for p, _ in iter_layers(model)]
+    close = difflib.get_close_matches(name, [p.rsplit("/", 1)[-1] for p in every], n=3)
+    hint = f"Did you mean {close}? " if close else ""
+    if kind == "attribution":
+        paths = image_layer_paths(model)
+        if paths:
+            return (hint + candidate_text(paths, "layers with a 4-D output")
+                    + " Pass one of them, or layer=None for a layer chosen for you.")
+    return hint + candidate_text(every, "layers") + (
+        " Features are read from a 2-D (batch, features) or 4-D output (averaged over space)."
+        if kind == "features" else "")
 
 
 def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=None) -> list:
@@ -178,7 +208,7 @@ class LayerTap:
             recorded and passed on (e.g. ``tape.watch``, or adding a zero
             perturbation to differentiate against).
 
-    Example:
+    Examples:
         >>> tap = LayerTap({"conv": model.get_layer("conv")})
         >>> with tap:
         ...     y = model(x, training=True)
@@ -235,6 +265,7 @@ def checked_layer(model, layer):
             raise ValueError(
                 f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
                 f"(batch, height, width, channels) feature map or (batch, tokens, "
-                f"channels) transformer tokens. Candidates: {image_layer_paths(model)}."
+                f"channels) transformer tokens. " + candidate_text(image_layer_paths(model),
+                                                                  "layers with a 4-D output")
             )
     return layer

@@ -63,7 +63,7 @@ def test_attribution_maps_match_reference_pipeline():
     rng = np.random.default_rng(1)
     acts = rng.random((3, 7, 5, 4)).astype("float32")
     grads = rng.normal(size=(3, 7, 5, 4)).astype("float32")
-    out = to_numpy(attribution_maps(acts, grads, (14, 10)))
+    out = to_numpy(attribution_maps(acts, grads, (14, 10), method="gradcam"))
     cam = np.maximum(np.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2))), 0)
     up = tf.image.resize(cam[..., None], (14, 10), method="bilinear").numpy()[..., 0]
     lo = up.min(axis=(1, 2), keepdims=True)

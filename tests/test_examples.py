@@ -16,16 +16,25 @@ sys.path.insert(0, str(ROOT / "examples"))
 pytestmark = tf_only("the examples train on tf.data: run once, with TensorFlow")
 
 
-def test_quickstart_writes_the_table_and_pictures(tmp_path):
+def test_quickstart_is_compact_states_its_caveat_and_writes_pictures(tmp_path, capsys):
     import quickstart
 
-    results = quickstart.main(["--epochs", "1", "--out", str(tmp_path)])
-    assert set(results) == {"plain", "gradmix"}
-    for r in results.values():
+    results = quickstart.main(["--epochs", "1", "--seeds", "0,1", "--out", str(tmp_path)])
+    assert {"plain", "gradmix"} <= set(results)
+    for method in ("plain", "gradmix"):
+        r = results[method]
         assert 0.5 < r["metrics"]["mls"]["accuracy"] <= 1.0  # one epoch learns six digits
         assert 0.0 <= r["metrics"]["msp"]["oscr"] <= r["metrics"]["msp"]["accuracy"]
+        per_seed = [r["runs"][s]["mls"]["auroc"] for s in (0, 1)]
+        assert r["metrics"]["mls"]["auroc"] == pytest.approx(np.mean(per_seed))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) <= 12, out  # a line per run, no progress bars
+    assert "not evidence" in "\n".join(out) and "fashion_mnist_osr.md" in "\n".join(out)
     table = (tmp_path / "results.txt").read_text().splitlines()
-    assert table[1].split()[:2] == ["method", "accuracy"] and len(table) == 4
+    assert table[1].split()[:2] == ["run", "accuracy"] and len(table) == 2 + 4 + 3 + 1
+    difference = float(table[-2].split()[4])  # gradmix - plain, AUROC mls
+    expected = 100 * (results["gradmix"]["metrics"]["mls"]["auroc"] - results["plain"]["metrics"]["mls"]["auroc"])
+    assert difference == pytest.approx(expected, abs=0.01)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["gradmix"]["metrics"]["mls"]["auroc"] == results["gradmix"]["metrics"]["mls"]["auroc"]
     for picture in ("masks.png", "roc.png"):

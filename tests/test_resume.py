@@ -68,3 +68,27 @@ def test_initial_epoch_continues_the_warm_up_and_the_draws(mnist):
     split.fit(x, y, epochs=1, **fit)  # the warm-up epoch only
     split.fit(x, y, epochs=EPOCHS, initial_epoch=1, **fit)
     assert_same(straight.get_weights(), split.get_weights())
+
+
+@pytest.mark.parametrize("entry", ["fit", "train_on_batch"])
+def test_fit_runs_again_after_an_exception_in_the_step(mnist, entry):
+    """On TensorFlow a failed trace left a tf.function that could not create
+    the optimizer's variables on the next call; every backend trains again."""
+    x, y = mnist[0][:16], mnist[1][:16]
+    armed = [True]
+
+    def loss(labels, logits):
+        if armed[0]:
+            raise RuntimeError("a loss that fails once")
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+    gm = GradMixModel(sequential_cnn(), "conv2", seed=0)
+    gm.compile(optimizer="adam", loss=loss)
+    run = (lambda: gm.fit(x, y, batch_size=8, epochs=1, verbose=0).history["loss"][0]) \
+        if entry == "fit" else (lambda: gm.train_on_batch(x, y, return_dict=True)["loss"])
+    with pytest.raises(RuntimeError, match="fails once"):
+        run()
+    armed[0] = False
+    before = [w.copy() for w in gm.model.get_weights()]
+    assert np.isfinite(run())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, gm.model.get_weights()))

@@ -18,7 +18,7 @@ from reference import expected_step
 from keras_gradmix import GradMixModel
 
 # Deterministic masks: a fixed area and a constant fill.
-FIXED = dict(mask_area=(0.25, 0.25), fill=0.5)
+FIXED = dict(mask_area=(0.25, 0.25), fill=0.5, attribution="gradcam")  # as tests/reference.py
 
 def sgd_gradmix(model, layer="conv2", jit=False, **options):
     gm = GradMixModel(model, layer=layer, seed=0, **options)

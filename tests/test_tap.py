@@ -35,6 +35,57 @@ def test_unknown_layer_in_subclassed_model_lists_all_layers():
         resolve_layer(subclassed_cnn(), "conv3")
 
 
+def mobilenet():
+    """A keras.applications backbone inside a model: its layers sit under an
+    auto-generated name ('mobilenetv2_0.35_32/block_13_expand_relu')."""
+    import keras
+
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                              include_top=False)
+    inputs = keras.Input((32, 32, 3))
+    h = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3)(h)), backbone
+
+
+def test_a_bare_name_unique_anywhere_finds_the_nested_layer():
+    model, backbone = mobilenet()
+    assert resolve_layer(model, "block_13_expand_relu") is backbone.get_layer("block_13_expand_relu")
+    model = nested_cnn()
+    assert resolve_layer(model, "conv2") is model.get_layer("backbone").get_layer("conv2")
+
+
+def test_an_ambiguous_bare_name_lists_its_paths():
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    a, b = sequential_cnn(), sequential_cnn()
+    a.name, b.name = "left", "right"
+    model = keras.Model(inputs, keras.layers.Add()([a(inputs), b(inputs)]))
+    with pytest.raises(ValueError, match=r"'conv2' is ambiguous .*\['left/conv2', 'right/conv2'\]"):
+        resolve_layer(model, "conv2")
+
+
+def test_an_unknown_name_lists_ten_candidates_near_the_output():
+    model, backbone = mobilenet()
+    with pytest.raises(ValueError) as err:
+        resolve_layer(model, "block_13_expand_reluu")
+    message = str(err.value)
+    assert len(message) < 1200, len(message)  # was 6.5 kB: 154 paths
+    assert "Did you mean ['block_13_expand_relu'" in message
+    shown = message.split("output: ")[1].split("]")[0]
+    assert shown.count("'") == 20 and "out_relu" in shown and "iter_layers(model)" in message
+
+
+def test_feature_layer_errors_name_features_not_maps():
+    from keras_gradmix.osr.features import collect
+
+    with pytest.raises(ValueError) as err:
+        collect(sequential_cnn(), (np.zeros((2, 28, 28, 1), "float32"), None), feature_layer="gapp")
+    message = str(err.value)
+    assert "feature_layer='gapp'" in message and "2-D" in message and "layer=None" not in message
+    assert "'gap'" in message  # every layer is a candidate for features
+
+
 @pytest.mark.parametrize("factory", [sequential_cnn, functional_cnn, nested_cnn, subclassed_cnn])
 def test_tap_records_the_layer_output_and_restores_the_layer(factory):
     model = factory()
@@ -62,3 +113,21 @@ def test_on_output_can_replace_the_activation():
         y = model(x)
     expected = model.get_layer("logits")(np.ones((1, 8), "float32"))
     np.testing.assert_allclose(to_numpy(y), to_numpy(expected), rtol=1e-6)
+
+
+def test_a_bare_name_trains_exactly_like_its_full_path(mnist):
+    import keras
+    from conftest import sparse_ce
+
+    from keras_gradmix import GradMixModel
+
+    x, y = mnist[0][:16], mnist[1][:16]
+    weights = []
+    for layer in ("conv2", "backbone/conv2"):
+        model = nested_cnn()
+        gm = GradMixModel(model, layer, seed=0)
+        gm.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+        gm.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)

@@ -62,7 +62,7 @@ def load_osr_split(
             Fashion-MNIST's idx files; the folder holding ``tiny-imagenet-200``).
         shuffle_seed: seed of the known-train shuffling (reshuffled each epoch).
 
-    Example:
+    Examples:
         >>> train, known, unknown = load_osr_split("mnist5k", split=0)
     """
     import tensorflow as tf

@@ -11,7 +11,7 @@ def two_views(dataset, augment: Callable):
     ``augment`` applied twice, each call with its own randomness (use random
     ops without a fixed op seed, or stateless ops fed by different seeds).
 
-    Example:
+    Examples:
 
     ```python
     import tensorflow as tf

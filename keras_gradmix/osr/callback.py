@@ -58,7 +58,7 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             (``val_osr_known_recall``...), and with ``decision_path`` it is
             saved as JSON after each evaluation.
 
-    Example:
+    Examples:
         >>> callbacks = [OpenSetEvaluation((x_known, y_known), x_unknown, every=5),
         ...              keras.callbacks.EarlyStopping("val_osr_auroc_mls", mode="max")]
     """

@@ -7,7 +7,7 @@ class or ``unknown_label``. :func:`ccr_at_fpr` reports the correct
 classification rate at fixed shares of unknowns accepted (1, 5, 10 %), the
 points of the OSCR curve a deployment picks from.
 
-Example:
+Examples:
 
 ```python
 clf = OpenSetClassifier("mls", recall=0.95).fit(model, (x_val, y_val))

@@ -53,7 +53,7 @@ def collect(model, data, feature_layer: str | None = None, batch_size: int = 256
 
     Returns ``{"logits": (N, C), "labels": (N,) or None, "features": (N, ...) or None}``.
     """
-    layer = None if feature_layer is None else resolve_layer(inner_model(model), feature_layer)
+    layer = None if feature_layer is None else resolve_layer(inner_model(model), feature_layer, kind="features")
     logits, labels, features = [], [], []
     for x, y in iter_batches(data, batch_size):
         if layer is None:

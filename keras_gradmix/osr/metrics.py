@@ -73,7 +73,7 @@ def evaluate_open_set(known_scores, unknown_scores, known_pred=None, known_true=
         positive, negated scores), ``fpr95``, and with predictions
         ``accuracy`` and ``oscr``. All in [0, 1].
 
-    Example:
+    Examples:
         >>> evaluate_open_set([0.9, 0.8, 0.3], [0.2, 0.85], [1, 0, 2], [1, 0, 0])["auroc"]
         0.6666666666666666
     """

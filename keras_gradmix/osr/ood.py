@@ -75,7 +75,7 @@ def evaluate_ood(
         score, auroc, aupr_in, aupr_out, fpr95`` (write it with
         :func:`keras_gradmix.tables.to_markdown` / ``to_csv``).
 
-    Example:
+    Examples:
 
     ```python
     rows = evaluate_ood(model, x_test, {"near": {"mnist": x_mnist},
