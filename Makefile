@@ -12,14 +12,25 @@ TORCH ?= torch==2.13.0
 # runs the TensorFlow suite on it, installed beside the newest in .keras-min/.
 KERAS_MIN := $(shell sed -n 's/^KERAS_MIN = "\(.*\)"/\1/p' keras_gradmix/compat.py)
 
-.PHONY: venv test test-keras-min demo clean
+.PHONY: venv venv-demo test test-keras-min demo docs package clean
 
+# `make demo` installs what the demo needs (TensorFlow and the data extras);
+# `make test` adds the other backends and the test tools to the same .venv.
+venv-demo: $(VENV)/.demo
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.demo: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[examples]"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.demo
 	$(PY) -m pip install --quiet -e ".[test,examples,jax]" "$(TORCH)"
+	touch $@
+
+$(VENV)/.docs: $(VENV)/.demo
+	$(PY) -m pip install --quiet -e ".[docs]"
 	touch $@
 
 test: venv
@@ -33,8 +44,17 @@ test-keras-min: venv
 	@echo "== KERAS_BACKEND=tensorflow, keras $(KERAS_MIN)"
 	PYTHONPATH=.keras-min KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
 
-demo: venv
+demo: venv-demo
 	KERAS_BACKEND=tensorflow $(PY) examples/quickstart.py
 
+# The documentation site from docs/ and the docstrings; broken references fail.
+docs: $(VENV)/.docs
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# Wheel and sdist, twine check, and the wheel installed alone into a fresh venv
+# (only the tensorflow extra) that trains a tiny model.
+package: $(VENV)/.docs
+	bash .ci/package-check
+
 clean:
-	rm -rf $(VENV) .keras-min build *.egg-info .pytest_cache
+	rm -rf $(VENV) .keras-min build dist site *.egg-info .pytest_cache

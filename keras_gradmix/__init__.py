@@ -44,7 +44,7 @@ from keras_gradmix.transform import (
     sample_transformation,
 )
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"
 
 _logging.getLogger("keras_gradmix").addHandler(_logging.NullHandler())
 
