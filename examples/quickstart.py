@@ -46,7 +46,7 @@ def train_and_score(method: str, data, epochs: int, seed: int, out: str, plot: b
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     start = time.perf_counter()
-    trainer.fit(data.known_train, epochs=epochs, verbose=0)
+    trainer.fit(data.known_train, epochs=epochs, verbose=0, shuffle=False)  # tf.data: shuffled by the loader
     seconds = time.perf_counter() - start
     raw = open_set_scores(model, data.known_test, data.unknown_test, SCORES)
     if method == "gradmix" and plot:  # what the trained model is pushed away from: one per class

@@ -4,7 +4,7 @@ Pure functions on tensors (``keras.ops``), usable without :class:`GradMixModel`,
 e.g. in a custom training loop::
 
     acts, grads = ...                      # (B, h, w, C) each, channels last
-    maps = gradcam(acts, grads)            # (B, h, w)
+    maps = layercam(acts, grads)           # (B, h, w)
     maps = resize_maps(maps, (28, 28))     # (B, 28, 28)
     maps = normalize_maps(maps)            # each map in [0, 1]
 

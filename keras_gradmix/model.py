@@ -76,7 +76,7 @@ class GradMixModel(keras.Model):
 
     At every training step the clean batch is forwarded, the gradient of a
     score (by default the ground-truth class output) with respect to the output
-    of ``layer`` gives an attribution map per image (Grad-CAM by default), and
+    of ``layer`` gives an attribution map per image (LayerCAM by default), and
     a box centred on each map's peak (or the top-attribution pixels) is filled
     with noise (or a constant, or a partner image). The model is then trained
     on the masked batch, besides (``mode="paired"``) or instead of
