@@ -7,7 +7,9 @@ per-run results and run metadata. TensorFlow (tf.data) is needed here.
 * ``plain``; ``cutmix`` / ``mixup``: Keras' own layers in the tf.data pipeline;
 * ``gradmix`` / ``gradmix-replace``: :class:`~keras_gradmix.GradMixModel` with
   ``GRADMIX`` (the authors' configuration) updated by ``options``;
-* ``supcon`` / ``supcon+gradmix``: the paper's contrastive recipe on two views.
+* ``supcon`` / ``supcon+gradmix``: the paper's contrastive recipe on two views;
+* ``simclr`` / ``simclr+gradmix``: the same without labels (SimCLR's NT-Xent
+  alone; the GradMix positives from its attribution), for a linear probe.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from keras_gradmix.model import GradMixModel
 from keras_gradmix.zoo import lean_cnn
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix", "gradmix-replace", "supcon", "supcon+gradmix")
-CONTRASTIVE = ("supcon", "supcon+gradmix")
+SSL_METHODS = ("simclr", "simclr+gradmix")  # no labels: for a linear probe, not an OSR table
+CONTRASTIVE = ("supcon", "supcon+gradmix", *SSL_METHODS)
+SELF_SUPERVISED = dict(supcon_weight=0.0, ssl_weight=1.0)  # no label enters the loss
 # GradMix as the authors' code: LayerCAM summed over the last two stages,
 # noise boxes at the peak covering 10-50 %, paired with the clean loss.
 GRADMIX = dict(layer=["stage2", "stage3"], attribution="layercam", mask_area=(0.1, 0.5))
@@ -60,11 +64,12 @@ def one_hot_batches(ds, classes: int, method: str, seed: int):
 
 
 def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose=0,
-          options: dict | None = None) -> tuple[keras.Model, float]:
+          options: dict | None = None, recipe: dict | None = None) -> tuple[keras.Model, float]:
     """The lean CNN trained with ``method`` on ``(images, integer labels)``
     batches; returns the model (the encoder for contrastive methods) and the
     training time in seconds. ``options`` update ``GRADMIX`` for the GradMix
-    methods."""
+    methods; ``recipe``: :class:`~keras_gradmix.contrastive.Contrastive`
+    arguments (``temperature``...) of the contrastive ones."""
     input_shape = tuple(train_data.element_spec[0].shape[1:])
     contrastive = method in CONTRASTIVE
     model = lean_cnn(input_shape, classes, seed, projection=contrastive)
@@ -78,12 +83,13 @@ def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose
         mode = gradmix.pop("mode", "paired")
         mode = "replace" if method == "gradmix-replace" else mode
         trainer = GradMixModel(model, mode=mode, seed=seed, **gradmix)
-    elif method == "supcon":
-        trainer = SupConModel(model)
-    elif method == "supcon+gradmix":
-        trainer = GradMixContrastive(model, seed=seed, **gradmix)
-    elif method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
+    recipe = {**(SELF_SUPERVISED if method.startswith("simclr") else {}), **(recipe or {})}
+    if method in ("supcon", "simclr"):
+        trainer = SupConModel(model, **recipe)
+    elif method in ("supcon+gradmix", "simclr+gradmix"):
+        trainer = GradMixContrastive(model, seed=seed, **gradmix, **recipe)
+    elif method not in METHODS + SSL_METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose from {METHODS + SSL_METHODS}.")
     loss = None if contrastive else keras.losses.CategoricalCrossentropy(from_logits=True)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
     batches = (view_pairs(train_data, seed) if contrastive
