@@ -88,3 +88,23 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
         batch = tuple(batch)
     bx, by, bsw = keras.utils.unpack_x_y_sample_weight(batch)
     return bx, by, bsw, x
+
+
+def check_image_batch(x) -> None:
+    """One image input ``(batch, height, width, channels)``, height and width known."""
+    if isinstance(x, (list, tuple, dict)):
+        raise ValueError(
+            "GradMixModel needs a single image input (batch, height, width, "
+            f"channels); got {type(x).__name__}."
+        )
+    if len(x.shape) != 4:
+        raise ValueError(
+            f"GradMixModel needs images of shape (batch, height, width, "
+            f"channels), channels last; got shape {tuple(x.shape)}."
+        )
+    if x.shape[1] is None or x.shape[2] is None:
+        raise ValueError(
+            f"GradMixModel needs batches whose image height and width are "
+            f"known when the step is traced; got shape {tuple(x.shape)}. "
+            f"Resize images to one size (or set the dataset's element_spec)."
+        )

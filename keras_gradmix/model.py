@@ -17,8 +17,9 @@ from keras import ops
 from keras_gradmix import compat, inspection
 from keras_gradmix.attribution import attribution_maps
 from keras_gradmix.config import GradMixConfig, split_options
-from keras_gradmix.inputs import default_value_range, first_batch, image_converter
-from keras_gradmix.objectives import TERMS, Classification, Objective
+from keras_gradmix.epochs import EpochCounter, nonfinite_code
+from keras_gradmix.inputs import check_image_batch, default_value_range, first_batch, image_converter
+from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.tap import (
     LayerTap,
     candidate_layers,
@@ -36,38 +37,6 @@ from keras_gradmix.transform import (
 )
 
 _KERAS_ARGUMENTS = ("name", "dtype", "trainable")
-
-
-NONFINITE = "gradmix_nonfinite"  # the step's per-batch log the callback below reads
-
-
-class _EpochCounter(keras.callbacks.Callback):
-    """Feeds the epoch to the compiled step (for warmup_epochs) without
-    retracing, and stops training with a clear error when a term of the loss
-    is not finite (and keeps that diagnostic out of the logs)."""
-
-    def __init__(self, variable):
-        super().__init__()
-        self.variable = variable
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.variable.assign(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        code = int((logs or {}).pop(NONFINITE, 0))
-        if code:
-            names = [name for bit, name in enumerate(TERMS) if code & 2**bit]
-            raise FloatingPointError(
-                f"GradMix: the loss is not finite at epoch {self.epoch}, batch {batch}: the "
-                f"{' and '.join(names)} term{'s' if len(names) > 1 else ''} "
-                f"({', '.join(repr(n) for n in names)} in keras_gradmix.objectives.TERMS). "
-                f"Usual causes: a learning rate too high, float16 overflow, inputs or labels "
-                f"out of range. The weights of this batch were applied.")
-
-    def on_epoch_end(self, epoch, logs=None):
-        (logs or {}).pop(NONFINITE, None)
 
 
 @keras.saving.register_keras_serializable(package="keras_gradmix")
@@ -212,7 +181,7 @@ class GradMixModel(keras.Model):
         if x is not None:
             self.inspect_batch(x, y, sample_weight)
         # First, so that no other callback sees the step's non-finite diagnostic.
-        arguments["callbacks"] = [_EpochCounter(self.epoch), *(arguments.get("callbacks") or [])]
+        arguments["callbacks"] = [EpochCounter(self.epoch), *(arguments.get("callbacks") or [])]
         try:
             return super().fit(**arguments)
         except BaseException:
@@ -226,7 +195,7 @@ class GradMixModel(keras.Model):
         except BaseException:
             compat.forget_step_functions(self)
             raise
-        counter = _EpochCounter(self.epoch)
+        counter = EpochCounter(self.epoch)
         counter.epoch = int(ops.convert_to_numpy(self.epoch))
         counter.on_train_batch_end(0, logs)  # raises for a non-finite term, drops the code
         if return_dict:
@@ -421,33 +390,10 @@ class GradMixModel(keras.Model):
         """Total loss of a step: the sum of :meth:`gradmix_terms`."""
         return sum(self.gradmix_terms(*args).values())
 
-    @staticmethod
-    def nonfinite_code(terms: dict):
-        """An int32 scalar: bit ``i`` set when term ``TERMS[i]`` is not finite
-        (read by the callback that ``fit`` adds, which names the term)."""
-        names = [name for name in TERMS if name in terms]
-        values = ops.stack([ops.cast(ops.reshape(terms[n], ()), "float32") for n in names])
-        bits = ops.convert_to_tensor([2 ** TERMS.index(n) for n in names], "int32")
-        return ops.sum(ops.where(ops.isfinite(values), 0, bits))
+    nonfinite_code = staticmethod(nonfinite_code)
 
     def check_images(self, x):
-        if isinstance(x, (list, tuple, dict)):
-            raise ValueError(
-                "GradMixModel needs a single image input (batch, height, width, "
-                f"channels); got {type(x).__name__}."
-            )
-        if len(x.shape) != 4:
-            raise ValueError(
-                f"GradMixModel needs images of shape (batch, height, width, "
-                f"channels), channels last; got shape {tuple(x.shape)}."
-            )
-        if x.shape[1] is None or x.shape[2] is None:
-            raise ValueError(
-                f"GradMixModel needs batches whose image height and width are "
-                f"known when the step is traced; got shape {tuple(x.shape)}. "
-                f"Resize images to one size (or set the dataset's element_spec)."
-            )
-
+        check_image_batch(x)
 
 def backend_step():
     """The backend's step module: the only code that differentiates."""

@@ -21,7 +21,7 @@ from keras_gradmix import compat
 from keras_gradmix.attribution import target_scores
 
 # The terms a step's loss may have, in the order of their bits in the
-# non-finite check (see GradMixModel.nonfinite_code).
+# non-finite check (see keras_gradmix.epochs.nonfinite_code).
 TERMS = ("clean", "masked", "partner", "masked_supcon")
 
 

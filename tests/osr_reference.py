@@ -11,8 +11,11 @@ def energy(logits):
 
 def knn_sun(f, train, k):
     """Sun et al. 2022: normalise, the k-th smallest Euclidean distance, negated."""
-    z = f / np.linalg.norm(f)
-    distances = sorted(np.linalg.norm(z - t / np.linalg.norm(t)) for t in train)
+    def normalised(v):  # an all-zero vector (dead ReLUs) stays zero
+        return v / max(np.linalg.norm(v), 1e-12)
+
+    z = normalised(f)
+    distances = sorted(np.linalg.norm(z - normalised(t)) for t in train)
     return -distances[k - 1]
 
 
@@ -28,14 +31,16 @@ def ash_s(f, w, b, percentile):
     kept = np.zeros_like(f)
     top = np.argsort(f)[::-1][:k]
     kept[top] = f[top]
-    return energy(kept * np.exp(f.sum() / kept.sum()) @ w + b)
+    ratio = f.sum() / kept.sum() if kept.sum() > 0 else 0.0  # all zero (dead ReLUs): unscaled
+    return energy(kept * np.exp(ratio) @ w + b)
 
 
 def scale(f, w, b, percentile):
     n = f.size
     k = n - int(np.round(n * percentile / 100.0))
     top = np.sort(f)[::-1][:k]
-    return energy(f * np.exp(f.sum() / top.sum()) @ w + b)
+    ratio = f.sum() / top.sum() if top.sum() > 0 else 0.0  # all zero (dead ReLUs): unscaled
+    return energy(f * np.exp(ratio) @ w + b)
 
 
 def vim(f, train, w, b, dim):

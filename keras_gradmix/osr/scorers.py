@@ -98,8 +98,9 @@ class Scorer:
 
 
 class KNN(Scorer):
-    """Sun et al. 2022: ``-|| z - z_(k) ||`` of L2-normalised features, ``z_(k)``
-    the ``k``-th nearest normalised training feature."""
+    """Sun et al. 2022: ``-|| z - z_(k) ||`` of L2-normalised features (an
+    all-zero feature stays zero), ``z_(k)`` the ``k``-th nearest normalised
+    training feature."""
 
     name = "knn"
 
@@ -191,8 +192,9 @@ class ReAct(Scorer):
 class ASH(Scorer):
     """Djurisic et al. 2023, ASH-S: per sample, the activations below its own
     ``percentile`` are zeroed and the rest multiplied by ``exp(s1 / s2)``
-    (``s1``, ``s2``: sums before and after pruning); energy of the head's
-    logits. Nothing is fitted but the head."""
+    (``s1``, ``s2``: sums before and after pruning; a sample whose kept
+    activations sum to 0, e.g. all ReLUs dead, is not scaled); energy of the
+    head's logits. Nothing is fitted but the head."""
 
     name, needs_head = "ash", True
 
@@ -212,7 +214,8 @@ class ASH(Scorer):
 class SCALE(Scorer):
     """Xu et al. 2024, SCALE: ASH-S's scale without its pruning: the features
     times ``exp(s1 / s2)``, ``s2`` the sum of the activations above the
-    sample's ``percentile``; energy of the head's logits."""
+    sample's ``percentile`` (not scaled where that sum is 0); energy of the
+    head's logits."""
 
     name, needs_head = "scale", True
 

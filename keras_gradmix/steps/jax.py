@@ -16,7 +16,7 @@ import keras
 from jax.extend.core import Literal
 
 from keras_gradmix import compat
-from keras_gradmix.model import NONFINITE
+from keras_gradmix.epochs import NONFINITE
 
 
 def _current(scope, variables):

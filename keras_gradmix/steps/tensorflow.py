@@ -13,7 +13,7 @@ from keras import ops
 import tensorflow as tf
 
 from keras_gradmix import compat
-from keras_gradmix.model import NONFINITE
+from keras_gradmix.epochs import NONFINITE
 
 
 def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):

@@ -14,7 +14,7 @@ from keras import ops
 import torch
 
 from keras_gradmix import compat
-from keras_gradmix.model import NONFINITE
+from keras_gradmix.epochs import NONFINITE
 
 
 def _require_grad(output):
