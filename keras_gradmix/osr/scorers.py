@@ -189,6 +189,18 @@ class ReAct(Scorer):
         return self.energy(np.minimum(features, self.clip))
 
 
+def _top_and_scale(features, percentile):
+    """Each sample's activations at or above its ``percentile`` (the rest
+    zeroed) and ``exp(s1 / s2)``, the sums of all and of those (1 where
+    ``s2`` is 0): what ASH-S and SCALE share."""
+    n = features.shape[1]
+    keep = n - int(np.round(n * percentile / 100.0))
+    threshold = np.partition(features, n - keep, axis=1)[:, n - keep][:, None]
+    kept = np.where(features >= threshold, features, 0.0)
+    s1, s2 = features.sum(axis=1), kept.sum(axis=1)
+    return kept, np.exp(np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0))
+
+
 class ASH(Scorer):
     """Djurisic et al. 2023, ASH-S: per sample, the activations below its own
     ``percentile`` are zeroed and the rest multiplied by ``exp(s1 / s2)``
@@ -202,12 +214,7 @@ class ASH(Scorer):
         self.percentile = _percentile("percentile", percentile)
 
     def _score(self, features):
-        n = features.shape[1]
-        keep = n - int(np.round(n * self.percentile / 100.0))
-        threshold = np.partition(features, n - keep, axis=1)[:, n - keep][:, None]
-        kept = np.where(features >= threshold, features, 0.0)
-        s1, s2 = features.sum(axis=1), kept.sum(axis=1)
-        scale = np.exp(np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0))
+        kept, scale = _top_and_scale(features, self.percentile)
         return self.energy(kept * scale[:, None])
 
 
@@ -223,12 +230,7 @@ class SCALE(Scorer):
         self.percentile = _percentile("percentile", percentile)
 
     def _score(self, features):
-        n = features.shape[1]
-        keep = n - int(np.round(n * self.percentile / 100.0))
-        threshold = np.partition(features, n - keep, axis=1)[:, n - keep][:, None]
-        s1 = features.sum(axis=1)
-        s2 = np.where(features >= threshold, features, 0.0).sum(axis=1)
-        scale = np.exp(np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0))
+        _, scale = _top_and_scale(features, self.percentile)
         return self.energy(features * scale[:, None])
 
 
