@@ -33,8 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_gradmix.data import load_arrays, osr_classes  # noqa: E402
-from keras_gradmix.experiments import GRADMIX, cached_run, machine, train  # noqa: E402
+from keras_gradmix.experiments import GRADMIX, cached_run, machine, open_set_arrays, train  # noqa: E402
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
 from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
 
@@ -71,29 +70,6 @@ def cells(epochs: int) -> dict[str, tuple[str, dict]]:
         for label, options in levels[1:]:
             out[f"{factor}: {label}"] = ("gradmix", options)
     return out
-
-
-def load_split(dataset, split, per_class, data_dir, limit_test=None):
-    """Known-train (the first ``per_class`` images of each known class, labels
-    0..K-1), known-test and unknown-test arrays, images float32 in [0, 1]."""
-    arrays = load_arrays(dataset, data_dir)
-    known, _ = osr_classes(dataset, split)
-
-    def images(x):
-        return (np.asarray(x, np.float32) / 255.0)[..., None]
-
-    remap = np.full(10, -1)
-    remap[known] = np.arange(len(known))
-    x, y = arrays["x_train"], arrays["y_train"]
-    keep = np.concatenate([np.flatnonzero(y == c)[:per_class or None] for c in known])
-    keep.sort()
-    test_known = np.isin(arrays["y_test"], known)
-    return {
-        "train": (images(x[keep]), remap[y[keep]].astype(np.int64)),
-        "known_test": (images(arrays["x_test"][test_known])[:limit_test],
-                       remap[arrays["y_test"][test_known]][:limit_test]),
-        "unknown_test": images(arrays["x_test"][~test_known])[:limit_test],
-    }
 
 
 def run_one(data, cell, method, options, split, seed, epochs, batch_size) -> dict:
@@ -186,7 +162,7 @@ def probe(args, parser):
     """Plain at several epoch counts: where has it converged?"""
     rows = []
     for split in args.split_list:
-        data = load_split(args.dataset, split, args.train_per_class, args.data_dir)
+        data = open_set_arrays(args.dataset, split, args.train_per_class, args.data_dir)
         for seed in args.seed_list:
             for epochs in [int(e) for e in args.probe.split(",")]:
                 path = os.path.join(args.out, "probe", f"plain_{epochs}ep_split{split}_seed{seed}.json")
@@ -249,7 +225,7 @@ def main(argv=None):
         parser.error(f"unknown cells {unknown}; choose from {list(all_cells)}")
     runs = []
     for split in args.split_list:
-        data = load_split(args.dataset, split, args.train_per_class, args.data_dir,
+        data = open_set_arrays(args.dataset, split, args.train_per_class, args.data_dir,
                           limit_test=256 if args.smoke else None)
         for seed in args.seed_list:
             for name in names:

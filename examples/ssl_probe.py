@@ -30,22 +30,26 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.data.loaders import load_arrays  # noqa: E402
-from keras_gradmix.experiments import SSL_METHODS, cached_run, machine, train  # noqa: E402
+from keras_gradmix.experiments import (  # noqa: E402
+    SSL_METHODS,
+    cached_run,
+    first_per_class,
+    machine,
+    pixels,
+    train,
+)
 from keras_gradmix.osr.features import collect  # noqa: E402
 from keras_gradmix.osr.probe import linear_probe  # noqa: E402
 from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
 
 
 def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
+    """The first ``per_class`` training images of every class and the test set."""
     arrays = load_arrays(dataset, data_dir)
-
-    def images(x):
-        return (np.asarray(x, np.float32) / 255.0)[..., None]
-
     x, y = arrays["x_train"], arrays["y_train"]
-    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
-    return (images(x[keep]), y[keep].astype(np.int64)), \
-        (images(arrays["x_test"][:limit_test]), arrays["y_test"][:limit_test].astype(np.int64))
+    keep = first_per_class(y, range(10), per_class)
+    return (pixels(x[keep]), y[keep].astype(np.int64)), \
+        (pixels(arrays["x_test"][:limit_test]), arrays["y_test"][:limit_test].astype(np.int64))
 
 
 def run_one(data, method, seed, epochs, batch_size, temperature) -> dict:

@@ -21,9 +21,10 @@ import platform
 import time
 
 import keras
+import numpy as np
 
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel
-from keras_gradmix.data import OSRData, load_osr_split, two_views
+from keras_gradmix.data import OSRData, load_arrays, load_osr_split, osr_classes, two_views
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.zoo import lean_cnn
 
@@ -34,6 +35,37 @@ SELF_SUPERVISED = dict(supcon_weight=0.0, ssl_weight=1.0)  # no label enters the
 # GradMix as the authors' code: LayerCAM summed over the last two stages,
 # noise boxes at the peak covering 10-50 %, paired with the clean loss.
 GRADMIX = dict(layer=["stage2", "stage3"], attribution="layercam", mask_area=(0.1, 0.5))
+
+
+def pixels(x) -> np.ndarray:
+    """uint8 images (N, H, W) as float32 (N, H, W, 1) in [0, 1]."""
+    return (np.asarray(x, np.float32) / 255.0)[..., None]
+
+
+def first_per_class(y, classes, per_class: int | None) -> np.ndarray:
+    """Indices, in dataset order, of the first ``per_class`` images of each of
+    ``classes`` (all of them for 0 or None)."""
+    return np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class or None] for c in classes]))
+
+
+def open_set_arrays(dataset: str, split: int, per_class: int | None = None, data_dir=None,
+                    limit_test: int | None = None) -> dict:
+    """A small-data open-set split as arrays: ``train`` (the first ``per_class``
+    training images of each known class, labels 0..K-1), ``known_test`` (images,
+    labels) and ``unknown_test`` (images), all images float32 in [0, 1]."""
+    arrays = load_arrays(dataset, data_dir)
+    known, _ = osr_classes(dataset, split)
+    remap = np.full(10, -1)
+    remap[known] = np.arange(len(known))
+    x, y = arrays["x_train"], arrays["y_train"]
+    keep = first_per_class(y, known, per_class)
+    test_known = np.isin(arrays["y_test"], known)
+    return {
+        "train": (pixels(x[keep]), remap[y[keep]].astype(np.int64)),
+        "known_test": (pixels(arrays["x_test"][test_known])[:limit_test],
+                       remap[arrays["y_test"][test_known]][:limit_test]),
+        "unknown_test": pixels(arrays["x_test"][~test_known])[:limit_test],
+    }
 
 
 def view_pairs(ds, seed: int):

@@ -194,3 +194,28 @@ def test_ssl_probe_smoke_trains_without_labels_and_reports_paired_differences(tm
     assert f"{np.mean(diffs):+.2f}" in text and "python examples/ssl_probe.py --smoke" in text
     again = ssl_probe.main(["--smoke", "--seeds", "0,1", "--out", str(tmp_path)])  # resumes
     assert again == runs
+
+
+def test_contrastive_budget_smoke_pairs_gradmix_with_supcon_at_the_same_budget(tmp_path):
+    import contrastive_budget
+
+    probe = contrastive_budget.budgets(
+        type("Args", (), {"probe": True, "epochs_grid": "20,60", "temperatures": "0.1,0.5"}))
+    assert probe == [("plain", 20, None), ("supcon", 20, 0.1), ("supcon", 20, 0.5),
+                     ("plain", 60, None), ("supcon", 60, 0.1), ("supcon", 60, 0.5)]
+    args = ["--smoke", "--seeds", "0,1", "--out", str(tmp_path)]
+    runs = contrastive_budget.main(args)
+    assert [(r["method"], r["seed"]) for r in runs] == [
+        (m, s) for s in (0, 1) for m in ("plain", "supcon", "supcon+gradmix")]
+    for r in runs:  # encoders by both kNN scores, the classifier by MLS and kNN
+        expected = {"mls", "knn"} if r["method"] == "plain" else {"knn", "knn_relative"}
+        assert set(r["results"]) == expected
+        assert all(0.0 <= v["auroc"] <= 1.0 for v in r["results"].values())
+    text = (tmp_path / "summary.md").read_text()
+    diffs = [100 * (runs[i + 2]["results"]["knn"]["auroc"] - runs[i + 1]["results"]["knn"]["auroc"])
+             for i in (0, 3)]
+    row = [line for line in text.splitlines() if "| supcon+gradmix | AUROC (knn) |" in line]
+    assert row and f"| 2 | {np.mean(diffs):+.2f} |" in row[0]
+    assert "python examples/contrastive_budget.py --smoke" in text
+    again = contrastive_budget.main(args)  # resumes from the per-run files
+    assert [r["results"] for r in again] == [r["results"] for r in runs]
