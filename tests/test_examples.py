@@ -169,6 +169,9 @@ def test_sensitivity_study_smoke_pairs_every_cell_with_plain(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 8
     again = sensitivity_study.main(args)  # resumes from the per-run files
     assert [r["results"] for r in again] == [r["results"] for r in runs]
+    partial = sensitivity_study.main(args[:4] + ["0,1,2", "--finished-only"] + args[5:])
+    assert [r["results"] for r in partial] == [r["results"] for r in runs]  # nothing trained
+    assert "Finished runs only: 8 of 12" in (tmp_path / "sensitivity.md").read_text()
 
 
 def test_kerashub_vit_smoke(tmp_path):
