@@ -153,7 +153,9 @@ def corruption_tables(runs, methods) -> str:
     overview = [{"method": m, "runs": stats[m]["runs"], "clean accuracy": pm(stats[m], "clean"),
                  "mean corruption accuracy": pm(stats[m], "mean"),
                  **{f"severity {s}": pm(stats[m], str(s)) for s in SEVERITIES},
-                 "train s / run": f"{stats[m]['seconds']:.0f}"} for m in present]
+                 # the median: a run that shared the machine skews a mean
+                 "median train s / run": "{:.0f}".format(np.median(
+                     [r["seconds"] for r in per_run if r["method"] == m]))} for m in present]
     by_corruption = [{"method": m, **{c: pm(stats[m], c) for c in CORRUPTIONS}} for m in present]
     paired = []
     for key, label in (("clean", "clean accuracy"), ("mean", "mean corruption accuracy")):
@@ -222,7 +224,9 @@ def main(argv=None):
         f"loss, BatchNorm statistics from the clean batch."
     )
     footer = [f"Command: `{meta['command']}`  ",
-              f"Keras {meta['keras']}, TensorFlow {meta['tensorflow']}; {meta['machine']}.", ""]
+              f"Keras {meta['keras']}, TensorFlow {meta['tensorflow']}; {meta['machine']}. Runs "
+              f"may share the machine with other work: train times are indicative (step costs: "
+              f"step_cost.md).", ""]
 
     ood_text, ood_rows = ood_tables(runs, methods)
     ood_path = args.ood_summary or os.path.join(args.out, "ood.md")
