@@ -40,6 +40,7 @@ from keras_gradmix.experiments import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
+    shuffled_batches,
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
@@ -53,9 +54,7 @@ COLUMNS = ("knn/accuracy", "knn/auroc", "knn_relative/auroc", "mls/auroc", "knn/
 
 def run_one(data, method, split, seed, epochs, temperature, batch_size) -> dict:
     x, y = data["train"]
-    train_ds = (tf.data.Dataset.from_tensor_slices((x, y))
-                .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-                .batch(batch_size, drop_remainder=True))
+    train_ds = shuffled_batches(x, y, seed, batch_size, drop_remainder=True)
     encoder = method in CONTRASTIVE
     model, seconds = train(method, train_ds, int(y.max()) + 1, seed, epochs,
                            recipe=dict(temperature=temperature) if encoder else None)

@@ -47,6 +47,7 @@ METRICS = ("accuracy", "auroc", "oscr", "fpr95")
 
 
 def run_one(dataset, method, split, seed, epochs, batch_size, data_dir, verbose) -> dict:
+    keras.utils.set_random_seed(seed)  # the shuffle's order depends on the global seed too
     data = load_osr_split(dataset, split, batch_size=batch_size, data_dir=data_dir,
                           shuffle_seed=seed)
     classes = len(osr_classes(dataset, split)[0])

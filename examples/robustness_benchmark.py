@@ -40,7 +40,14 @@ import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise  # noqa: E402
-from keras_gradmix.experiments import GRADMIX, cached_run, machine, parse_methods, train  # noqa: E402
+from keras_gradmix.experiments import (  # noqa: E402
+    GRADMIX,
+    cached_run,
+    machine,
+    parse_methods,
+    shuffled_batches,
+    train,
+)
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
 from keras_gradmix.tables import mean_std, paired_differences, to_csv, to_markdown  # noqa: E402
@@ -71,8 +78,7 @@ def load(data_dir, limit_train=None, limit_test=None) -> dict:
 
 def run_one(data, method, seed, epochs, batch_size, verbose) -> dict:
     x, y = data["train"]
-    train_ds = (tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
-                .shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
+    train_ds = shuffled_batches(x, y.astype(np.int64), seed, batch_size)
     model, seconds = train(method, train_ds, 10, seed, epochs, verbose)
     groups = {group: {name: data["ood"][name] for name in names} for group, names in GROUPS.items()}
     ood = evaluate_ood(model, data["test"][0], groups, SCORES, feature_layer="features",

@@ -33,7 +33,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_gradmix.experiments import GRADMIX, cached_run, machine, open_set_arrays, train  # noqa: E402
+from keras_gradmix.experiments import (  # noqa: E402
+    GRADMIX,
+    cached_run,
+    machine,
+    open_set_arrays,
+    shuffled_batches,
+    train,
+)
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
 from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
 
@@ -74,8 +81,7 @@ def cells(epochs: int) -> dict[str, tuple[str, dict]]:
 
 def run_one(data, cell, method, options, split, seed, epochs, batch_size) -> dict:
     x, y = data["train"]
-    train_ds = (tf.data.Dataset.from_tensor_slices((x, y))
-                .shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
+    train_ds = shuffled_batches(x, y, seed, batch_size)
     classes = int(y.max()) + 1
     model, seconds = train(method, train_ds, classes, seed, epochs, options=options)
     known = tf.data.Dataset.from_tensor_slices(data["known_test"]).batch(512)

@@ -36,6 +36,7 @@ from keras_gradmix.experiments import (  # noqa: E402
     first_per_class,
     machine,
     pixels,
+    shuffled_batches,
     train,
 )
 from keras_gradmix.osr.features import collect  # noqa: E402
@@ -54,8 +55,7 @@ def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
 
 def run_one(data, method, seed, epochs, batch_size, temperature) -> dict:
     (x, y), (x_test, y_test) = data
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True))
+    ds = shuffled_batches(x, y, seed, batch_size, drop_remainder=True)
     encoder, seconds = train(method, ds, 10, seed, epochs, recipe=dict(temperature=temperature))
     train_features = collect(encoder, (x, y), feature_layer="features")["features"]
     test_features = collect(encoder, (x_test, y_test), feature_layer="features")["features"]

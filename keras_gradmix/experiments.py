@@ -68,6 +68,18 @@ def open_set_arrays(dataset: str, split: int, per_class: int | None = None, data
     }
 
 
+def shuffled_batches(x, y, seed: int, batch_size: int, drop_remainder: bool = False):
+    """``(x, y)`` reshuffled every epoch in an order that depends on ``seed``
+    alone: the global seed is set first, because a tf.data shuffle's order also
+    depends on it, and otherwise on whatever ran before in the process."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    return (tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size, drop_remainder=drop_remainder))
+
+
 def view_pairs(ds, seed: int):
     """Two augmented views per image (random shift up to 10 %, horizontal flip)."""
     import tensorflow as tf

@@ -43,3 +43,23 @@ def test_open_set_arrays_keep_the_first_images_of_each_known_class():
     unknown_count = int((~np.isin(raw["y_test"], known)).sum())
     assert len(data["unknown_test"]) == unknown_count
     assert set(np.unique(data["known_test"][1])) == set(range(len(known)))
+
+
+def test_shuffled_batches_depend_on_the_seed_alone():
+    import keras
+
+    from keras_gradmix.experiments import shuffled_batches
+
+    x = np.arange(64, dtype=np.float32)[:, None]
+    y = np.arange(64)
+
+    def order(seed, before):
+        keras.utils.set_random_seed(before)  # what an earlier run left behind
+        epochs = shuffled_batches(x, y, seed, 16).repeat(2)
+        return np.concatenate([b[1].numpy() for b in epochs])
+
+    first = order(0, before=1)
+    assert np.array_equal(first, order(0, before=2))
+    assert not np.array_equal(first[:64], first[64:])  # reshuffled every epoch
+    assert sorted(first[:64]) == list(range(64))
+    assert not np.array_equal(first, order(1, before=1))
