@@ -44,7 +44,7 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
 
 ENCODER_SCORES = ("knn", "knn_relative")
 CLASSIFIER_SCORES = ("mls", "knn")
@@ -84,8 +84,9 @@ def flatten(runs) -> list[dict]:
 
 
 def summary(rows) -> str:
-    """Mean ± std per method and budget, then the paired differences of
-    SupCon + GradMix to SupCon at the same budget, split and seed."""
+    """Mean ± std per method and budget, then paired differences: each
+    encoder's kNN AUROC to cross-entropy's, and SupCon + GradMix to SupCon at
+    the same budget, split and seed."""
     table = []
     for group in dict.fromkeys((r["method"], r["epochs"], r["temperature"]) for r in rows):
         mine = [r for r in rows if (r["method"], r["epochs"], r["temperature"]) == group]
@@ -104,11 +105,20 @@ def summary(rows) -> str:
         for d in paired_differences([r for r in rows if r["method"] in CONTRASTIVE], key, "supcon",
                                     pair=("split", "seed", "epochs", "temperature")):
             if d["pairs"]:
-                interval = "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-                paired.append({"method": d["method"], "metric": label, "pairs": d["pairs"],
-                               "mean difference": f"{d['diff']:+.2f}", "95 % CI": interval,
-                               "wins": f"{d['wins']}/{d['pairs']}"})
+                paired.append({"method": d["method"], "metric": label, **paired_cells(d)})
+    # each encoder against cross-entropy on the same split, seed and epochs, same kNN score
+    cells = [{**r, "cell": r["method"] if r["method"] not in CONTRASTIVE
+              else f"{r['method']} (T {r['temperature']})"} for r in rows]
+    versus_plain = [{"method": d["cell"], "epochs": epochs, **paired_cells(d)}
+                    for epochs in dict.fromkeys(r["epochs"] for r in cells)
+                    for d in paired_differences([r for r in cells if r["epochs"] == epochs],
+                                                "knn/auroc", "plain", by="cell")
+                    if d["pairs"]]
     text = [to_markdown(table)]
+    if versus_plain:
+        text += ["", "kNN AUROC minus cross-entropy's (the same kNN score on its GAP features) "
+                 "on the same split, seed and epochs (points; 95 % t-interval; wins):", "",
+                 to_markdown(versus_plain)]
     if paired:
         text += ["", "SupCon + GradMix minus SupCon on the same split, seed and budget "
                  "(points; 95 % t-interval over the pairs, df = pairs - 1; wins = pairs where "

@@ -36,7 +36,7 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")
 # Post-hoc scores of today's standard (OpenOOD), fitted on the GAP features.
@@ -111,6 +111,16 @@ def summarize(runs: list[dict], meta: dict) -> str:
                                                       f"{stats[k + '_std']:.2f}" for k in keys}})
         text += ["", "AUROC (%) by score, mean ± std (feature scores fitted once on the GAP "
                  "features of the known training images):", "", to_markdown(by_score)]
+        by_score_paired = []
+        for score in SCORES + tuple(more):
+            key = f"{score}/auroc"
+            for d in paired_differences([r for r in rows if key in r], key, "plain"):
+                if d["pairs"]:
+                    by_score_paired.append({"method": d["method"], "score": score, **paired_cells(d)})
+        if by_score_paired:
+            text += ["", "AUROC by score: paired difference to plain on the same split and seed "
+                     "(points; 95 % t-interval, df = pairs - 1; wins):", "",
+                     to_markdown(by_score_paired)]
     paired = []
     for score in scores:
         for metric, label in (("auroc", "AUROC"), ("accuracy", "accuracy"), ("oscr", "OSCR")):
@@ -122,12 +132,9 @@ def summarize(runs: list[dict], meta: dict) -> str:
             for d in paired_differences([r for r in rows if key in r], key, baseline):
                 if not d["pairs"]:
                     continue
-                interval = "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
                 paired.append({"method": d["method"], "baseline": baseline,
                                "metric": label if score == "mls" and metric == "accuracy"
-                               else f"{label} ({score})",
-                               "pairs": d["pairs"], "mean difference": f"{d['diff']:+.2f}",
-                               "95 % CI": interval, "wins": f"{d['wins']}/{d['pairs']}"})
+                               else f"{label} ({score})", **paired_cells(d)})
     if paired:
         text += ["", "Paired differences to the baseline on the same split and seed "
                  "(percentage points; 95 % t-interval over the pairs, df = pairs - 1; wins = "

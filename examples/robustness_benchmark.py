@@ -50,7 +50,13 @@ from keras_gradmix.experiments import (  # noqa: E402
 )
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_differences, to_csv, to_markdown  # noqa: E402
+from keras_gradmix.tables import (  # noqa: E402
+    mean_std,
+    paired_cells,
+    paired_differences,
+    to_csv,
+    to_markdown,
+)
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix")
 OOD_SETS = ("mnist", "uniform_noise", "permuted_pixels", "far (mean)")
@@ -128,17 +134,11 @@ def ood_tables(runs, methods) -> tuple[str, list[dict]]:
                 mine = [{**r, "auroc": 100 * r["auroc"]} for r in rows
                         if r["score"] == s and r["ood"] == ood]
                 for d in paired_differences(mine, "auroc", "plain", pair=("seed",)):
-                    paired.append({"method": d["method"], "score": s, "ood": ood,
-                                   "pairs": d["pairs"], "mean difference": f"{d['diff']:+.2f}",
-                                   "95 % CI": ci_text(d), "wins": f"{d['wins']}/{d['pairs']}"})
+                    paired.append({"method": d["method"], "score": s, "ood": ood, **paired_cells(d)})
         text += ["### AUROC: paired differences to plain (same seed)", "",
                  "Percentage points; 95 % t-interval over the seeds (df = seeds - 1).", "",
                  to_markdown(paired), ""]
     return "\n".join(text), rows
-
-
-def ci_text(d) -> str:
-    return "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
 
 
 def corruption_tables(runs, methods) -> str:
@@ -167,9 +167,7 @@ def corruption_tables(runs, methods) -> str:
     for key, label in (("clean", "clean accuracy"), ("mean", "mean corruption accuracy")):
         scaled = [{**r, key: 100 * r[key]} for r in per_run]
         for d in paired_differences(scaled, key, "plain", pair=("seed",)):
-            paired.append({"method": d["method"], "metric": label, "pairs": d["pairs"],
-                           "mean difference": f"{d['diff']:+.2f}", "95 % CI": ci_text(d),
-                           "wins": f"{d['wins']}/{d['pairs']}"})
+            paired.append({"method": d["method"], "metric": label, **paired_cells(d)})
     return "\n".join(["### Accuracy (%): clean, mean over all 50 corruptions, per severity", "",
                       to_markdown(overview), "",
                       "### Accuracy (%) per corruption, mean over the 5 severities", "",

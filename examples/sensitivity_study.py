@@ -42,7 +42,7 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")
 METRICS = ("accuracy", "auroc", "oscr", "fpr95")
@@ -102,11 +102,11 @@ def fmt(row, key) -> str:
 
 
 def ci(row) -> str:
+    """The mean difference and its interval in one cell."""
     if row["diff"] is None:
         return "–"
-    if row["ci_low"] is None:
-        return f"{row['diff']:+.2f}"
-    return f"{row['diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    cells = paired_cells(row)
+    return cells["mean difference"] + ("" if row["ci_low"] is None else f" {cells['95 % CI']}")
 
 
 def summary_table(rows, names) -> str:

@@ -41,7 +41,7 @@ from keras_gradmix.experiments import (  # noqa: E402
 )
 from keras_gradmix.osr.features import collect  # noqa: E402
 from keras_gradmix.osr.probe import linear_probe  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_differences, to_markdown  # noqa: E402
+from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
 
 
 def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
@@ -71,9 +71,7 @@ def summarize(runs, meta) -> str:
     table = [{"method": s["method"], "runs": s["runs"],
               "probe accuracy": f"{s['probe accuracy']:.2f} ± {s['probe accuracy_std']:.2f}",
               "train s / run": f"{s['train_seconds']:.0f}"} for s in stats]
-    paired = [{"method": d["method"], "pairs": d["pairs"], "difference": f"{d['diff']:+.2f}",
-               "95 % CI": "-" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]",
-               "wins": f"{d['wins']}/{d['pairs']}"}
+    paired = [{"method": d["method"], **paired_cells(d)}
               for d in paired_differences(rows, "probe accuracy", "simclr", pair=("seed",))]
     return "\n".join([
         "# Self-supervised features: SimCLR vs SimCLR + GradMix, linear probe", "",

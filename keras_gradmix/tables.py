@@ -114,3 +114,16 @@ def paired_differences(rows: Sequence[Mapping], value: str, baseline: str, by: s
             row["ci_low"], row["ci_high"] = float(diffs.mean() - half), float(diffs.mean() + half)
         out.append(row)
     return out
+
+
+def paired_cells(row: Mapping) -> dict:
+    """Table cells of one :func:`paired_differences` row: ``pairs``, ``mean
+    difference``, ``95 % CI`` (``[low, high]``, "–" under two pairs), ``wins``.
+
+    Examples:
+        >>> paired_cells({"pairs": 3, "diff": 1.5, "ci_low": -0.25, "ci_high": 3.25, "wins": 2})
+        {'pairs': 3, 'mean difference': '+1.50', '95 % CI': '[-0.25, +3.25]', 'wins': '2/3'}
+    """
+    interval = "–" if row["ci_low"] is None else f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    return {"pairs": row["pairs"], "mean difference": f"{row['diff']:+.2f}", "95 % CI": interval,
+            "wins": f"{row['wins']}/{row['pairs']}"}
