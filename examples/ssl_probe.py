@@ -7,8 +7,9 @@ by SimCLR + GradMix (view 1 masked at its LayerCAM peak on stages 2 + 3, its
 features the positives of view 2; the same options as the benchmarks), on the
 first ``--train-per-class`` images of each class; then a multinomial logistic
 regression on the frozen, L2-normalised GAP features of those images (with
-their labels) classifies the whole test set. Reports the probe's accuracy per
-method (mean ± std over seeds) and the paired difference to SimCLR on the same
+their labels) classifies the whole test set; the same probe on the untrained
+encoder is the floor. Reports the probe's accuracy per method (mean ± std over
+seeds) and the paired difference to SimCLR on the same
 seed (t-interval). Each finished run is a JSON file in --out, so an interrupted
 study resumes.
 
@@ -42,7 +43,10 @@ from keras_gradmix.experiments import (  # noqa: E402
 from keras_gradmix.osr.features import collect  # noqa: E402
 from keras_gradmix.osr.probe import linear_probe  # noqa: E402
 from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
+from keras_gradmix.zoo import lean_cnn  # noqa: E402
 
+
+UNTRAINED = "untrained"  # the encoder at its initial weights: the probe's floor
 
 def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
     """The first ``per_class`` training images of every class and the test set."""
@@ -55,8 +59,11 @@ def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
 
 def run_one(data, method, seed, epochs, batch_size, temperature) -> dict:
     (x, y), (x_test, y_test) = data
-    ds = shuffled_batches(x, y, seed, batch_size, drop_remainder=True)
-    encoder, seconds = train(method, ds, 10, seed, epochs, recipe=dict(temperature=temperature))
+    if method == UNTRAINED:  # what the probe gets from the architecture alone
+        encoder, seconds = lean_cnn(x.shape[1:], 10, seed, projection=True), 0.0
+    else:
+        ds = shuffled_batches(x, y, seed, batch_size, drop_remainder=True)
+        encoder, seconds = train(method, ds, 10, seed, epochs, recipe=dict(temperature=temperature))
     train_features = collect(encoder, (x, y), feature_layer="features")["features"]
     test_features = collect(encoder, (x_test, y_test), feature_layer="features")["features"]
     predicted = linear_probe(train_features, y, test_features)
@@ -80,7 +87,8 @@ def summarize(runs, meta) -> str:
         f"temperature {meta['temperature']}, Adam 1e-3 with cosine decay over {meta['epochs']} "
         f"epochs, batch {meta['batch_size']}; GradMix: LayerCAM on stage2 + stage3, noise boxes "
         f"10-50 %, the masked view's features the positives. Probe: logistic regression on the "
-        f"L2-normalised GAP features of the training images, accuracy (%) on the test set. "
+        f"L2-normalised GAP features of the training images, accuracy (%) on the test set; "
+        f"`untrained`: the same probe on the encoder at its initial weights. "
         f"Seeds {meta['seeds']}; mean ± std.", "",
         to_markdown(table), "",
         "Paired difference to SimCLR on the same seed (points; 95 % t-interval over the pairs, "
@@ -112,7 +120,7 @@ def main(argv=None):
     runs = [cached_run(os.path.join(args.out, f"{method}_seed{seed}.json"), args.epochs,
                        f"{method} seed {seed}",
                        lambda: run_one(data, method, seed, args.epochs, args.batch_size, args.temperature))
-            for seed in seeds for method in SSL_METHODS]
+            for seed in seeds for method in (UNTRAINED, *SSL_METHODS)]
     meta = {"command": " ".join(["python examples/ssl_probe.py",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "per_class": args.train_per_class, "epochs": args.epochs,
