@@ -132,6 +132,25 @@ def summary_table(rows, names) -> str:
     return to_markdown(table)
 
 
+def per_split_table(rows, names) -> str:
+    """ΔAUROC (MLS) vs plain per split: the mean over seeds, then each seed's difference."""
+    plain = {(r["split"], r["seed"]): r["mls/auroc"] for r in rows if r["cell"] == "plain"}
+    splits = sorted({split for split, _ in plain})
+    table = [{"cell": "plain (AUROC, MLS)", **{f"split {s}": ", ".join(
+        f"{v:.1f}" for (split, _), v in sorted(plain.items()) if split == s) for s in splits}}]
+    for name in names:
+        if name == "plain":
+            continue
+        row = {"cell": name}
+        for s in splits:
+            diffs = [r["mls/auroc"] - plain[(s, r["seed"])] for r in sorted(rows, key=lambda r: r["seed"])
+                     if r["cell"] == name and r["split"] == s and (s, r["seed"]) in plain]
+            row[f"split {s}"] = (f"{np.mean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+                                 if diffs else "–")
+        table.append(row)
+    return to_markdown(table)
+
+
 def plot(rows, epochs, path):
     """ΔAUROC (MLS) vs plain with 95 % t-intervals, one panel row per factor level."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -268,6 +287,9 @@ def main(argv=None):
         f"and 95 % t-interval over the pairs (df = pairs - 1), and the pairs where the cell "
         f"is higher. MLS = max logit; FPR95 lower is better.{progress}", "",
         summary_table(rows, names), "",
+        "ΔAUROC (MLS) vs plain per split: the mean over seeds (each seed's difference, in seed "
+        "order); the first row is plain's own AUROC per seed.", "",
+        per_split_table(rows, names), "",
         f"![ΔAUROC vs plain]({os.path.basename(png)})", "",
         f"Command: `{meta['command']}`  ",
         f"Keras {meta['keras']}, TensorFlow {meta['tensorflow']}; {meta['machine']}. Runs "
