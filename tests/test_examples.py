@@ -165,6 +165,10 @@ def test_sensitivity_study_smoke_pairs_every_cell_with_plain(tmp_path):
     diffs = [100 * (r["results"]["mls"]["auroc"] - plain[r["seed"]]["results"]["mls"]["auroc"])
              for r in gradmix]
     assert f"| {np.mean(diffs):+.2f} [" in text.split("| gradmix |")[1].splitlines()[0]
+    # the per-split table: split 0's mean, then each seed's difference in seed order
+    by_seed = [d for _, d in sorted(zip([r["seed"] for r in gradmix], diffs))]
+    per_split = f"| gradmix | {np.mean(diffs):+.1f} ({by_seed[0]:+.1f}, {by_seed[1]:+.1f}) |"
+    assert per_split in text.split("per split")[1]
     assert (tmp_path / "sensitivity.png").stat().st_size > 1000
     assert len(list((tmp_path / "runs").glob("*.json"))) == 8
     again = sensitivity_study.main(args)  # resumes from the per-run files
