@@ -53,9 +53,38 @@ def compiled_loss(model, y, y_pred, sample_weight=None, track: bool = True):
     return value
 
 
+# Loss names and functions whose ``from_logits`` defaults to False.
+_PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                       "categorical_focal_crossentropy")
+
+
+def loss_from_logits(model, output=None):
+    """Whether the loss given to ``compile()`` (for ``output``, an index or a
+    name, when it was given one per output) reads logits: a Keras loss's
+    ``from_logits``, False for the cross-entropy names and functions (their
+    default), None when it cannot tell (a custom loss)."""
+    loss = getattr(getattr(model, "_compile_loss", None), "_user_loss", None)
+    if isinstance(loss, dict):
+        loss = loss.get(output) if isinstance(output, str) else None
+    elif isinstance(loss, (list, tuple)):
+        loss = loss[output or 0] if len(loss) == 1 or isinstance(output, int) else None
+    if hasattr(loss, "from_logits"):
+        return bool(loss.from_logits)
+    name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
+    return False if name in _PROBABILITY_LOSSES else None
+
+
 def loss_tracker(model):
     """The ``Mean`` metric behind the ``"loss"`` log."""
     return model._loss_tracker
+
+
+def scale_loss_for_distribution(loss):
+    """A loss computed outside a Keras ``Loss`` scaled as Keras' losses are
+    under ``tf.distribute`` (divided by the replicas), so the gradients sum right."""
+    from keras.src.losses.loss import scale_loss_for_distribution as scale
+
+    return scale(loss)
 
 
 def unscale_loss_for_distribution(loss):

@@ -16,6 +16,7 @@ POLICY_METHODS = ("gradmix", "cutmix", "mixup")
 BN_STATISTICS = ("clean", "all")
 AREA_SAMPLING = ("batch", "sample")
 LABEL_MODES = ("area", "attribution")
+MASKED_AS = ("positive", "outlier")
 
 
 def check_choice(name: str, value, choices) -> str:
@@ -176,6 +177,13 @@ class GradMixConfig:
         mask: ``"box"``: a box with the image's aspect ratio centred on the
             map's peak, clipped at the border; ``"threshold"``: the
             highest-attribution pixels covering the sampled area.
+        placement: where the mask goes: ``"peak"`` (GradMix: the box centred
+            on the map's maximum, the threshold mask on its highest pixels),
+            ``"random"`` (the control that isolates the attribution: the box
+            centred uniformly at random over the image, the threshold mask on
+            as many pixels drawn at random; everything else identical) or
+            ``"low"`` (the least-attended place: the box centred on the map's
+            minimum, the threshold mask on its lowest pixels).
         mask_area: ``(low, high)`` range of the masked fraction of the image.
         alpha, beta: the masked fraction is ``high - (high - low) * u`` with
             ``u ~ Beta(alpha, beta)``, i.e. the paper's
@@ -230,6 +238,18 @@ class GradMixConfig:
             ``(B, N, C)``, the leading non-patch tokens (class, distillation,
             register tokens) and the ``(h, w)`` patch grid; None infers them
             from ``N`` and the image's aspect ratio.
+        masked_as: ``"positive"`` (the paper): the masked images keep their
+            labels (weighted as ``label_mode`` says); ``"outlier"``: they are
+            negatives, trained toward the uniform distribution over the known
+            classes (outlier exposure, Hendrycks et al. 2019; ASCOOD):
+            ``loss = L(clean) + outlier_weight * mean_i a_i s_i (-1/K sum_k
+            log softmax_k(f(x~_i)))`` with ``a_i`` whether image ``i`` was
+            transformed and ``s_i`` its sample weight. Paired mode only; with
+            ``fill="mix"`` or a CutMix/MixUp ``policy`` the mixed images are
+            the outliers (as OpenMix). The compiled loss must say whether the
+            model outputs logits (a Keras cross-entropy).
+        outlier_weight: the weight of the outlier term (0.5, Hendrycks et
+            al.'s value for vision).
         bn_statistics: ``"clean"``: BatchNorm running statistics are updated
             once per step, from the clean batch (the masked pass uses its own
             batch statistics, its moving-average updates are discarded);
@@ -253,6 +273,7 @@ class GradMixConfig:
     target: Any = "label"
     normalize: str = "image"
     mask: str = "box"
+    placement: str = "peak"
     mask_area: tuple[float, float] = (0.1, 0.5)
     alpha: float = 1.0
     beta: float = 1.0
@@ -270,6 +291,8 @@ class GradMixConfig:
     mixup_alpha: float = 0.2
     value_range: tuple[float, float] | None = None
     normalization: Any = None
+    masked_as: str = "positive"
+    outlier_weight: float = 0.5
     bn_statistics: str = "clean"
     seed: int | None = None
     check_inputs: bool = True
@@ -284,6 +307,7 @@ class GradMixConfig:
             target=_target(self.target),
             normalize=check_choice("normalize", self.normalize, attribution.NORMALIZATIONS),
             mask=check_choice("mask", self.mask, tuple(masks.MASKS)),
+            placement=check_choice("placement", self.placement, masks.PLACEMENTS),
             mask_area=masks.validate_mask_area(self.mask_area),
             area_sampling=check_choice("area_sampling", self.area_sampling, AREA_SAMPLING),
             fill=mixing.validate_fill(self.fill),
@@ -302,6 +326,8 @@ class GradMixConfig:
             output=_output(self.output),
             prefix_tokens=_optional_count("prefix_tokens", self.prefix_tokens),
             token_grid=_grid(self.token_grid),
+            masked_as=check_choice("masked_as", self.masked_as, MASKED_AS),
+            outlier_weight=_positive("outlier_weight", self.outlier_weight),
             bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
             seed=_seed(self.seed),
             check_inputs=_flag("check_inputs", self.check_inputs),
@@ -317,6 +343,8 @@ class GradMixConfig:
             raise ValueError(
                 f"stop_epoch ({checked['stop_epoch']}) must come after warmup_epochs "
                 f"({checked['warmup_epochs']}): no epoch would be masked.")
+        if checked["masked_as"] == "outlier":
+            _check_outlier(checked)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -346,6 +374,19 @@ class GradMixConfig:
     def fields(cls) -> tuple[str, ...]:
         """The option names, in order."""
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _check_outlier(checked: dict) -> None:
+    """Options that have no meaning for masked images used as outliers."""
+    if checked["mode"] != "paired":
+        raise ValueError(
+            "masked_as='outlier' needs mode='paired': the masked images are negatives "
+            "trained toward the uniform distribution, so the clean batch must carry the "
+            "labels; replace mode would train on no labelled image.")
+    if checked["label_mode"] != "area":
+        raise ValueError(
+            f"label_mode={checked['label_mode']!r} weighs the labels masked images keep; with "
+            f"masked_as='outlier' they keep none. Leave label_mode at 'area'.")
 
 
 def split_options(kwargs: dict, keras_arguments=("name", "dtype", "trainable")) -> tuple[dict, dict]:

@@ -194,6 +194,11 @@ class Contrastive(Objective):
                 "The contrastive recipe fills the box with noise or a constant; fill='mix' "
                 "(pasting a partner) has no labels to mix in the contrastive recipe."
             )
+        if options.masked_as != "positive":
+            raise ValueError(
+                "The contrastive recipe uses masked views as positives of their image; "
+                "masked_as='outlier' (negatives trained toward the uniform distribution "
+                "over classes) needs a classifier: use GradMixModel.")
         if options.masked_fraction < 1 or options.policy is not None:
             raise ValueError(
                 "The contrastive recipe masks view 1 of every image with GradMix: leave "

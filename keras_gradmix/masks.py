@@ -6,6 +6,8 @@ the batch)::
     area = sample_mask_area((), seed=keras.random.SeedGenerator(0))  # in [0.1, 0.5]
     mask, masked = box_masks(maps, area)   # (B, H, W) bool, (B,) real area fraction
     mask, masked = threshold_masks(maps, area)   # the top-attribution pixels instead
+    where = placement_scores(maps, "random", keras.random.uniform(maps.shape))
+    mask, masked = box_masks(where, area)  # the same box at a random place (the control)
 """
 
 from __future__ import annotations
@@ -194,3 +196,37 @@ def threshold_masks(maps, area):
 
 
 MASKS = {"box": box_masks, "threshold": threshold_masks}
+PLACEMENTS = ("peak", "random", "low")
+
+
+def placement_scores(maps, placement: str = "peak", draw=None):
+    """The scores a mask is placed on: :func:`box_masks` centres the box on
+    their maximum, :func:`threshold_masks` takes their highest pixels.
+
+    ``"peak"``: the maps themselves (GradMix). ``"random"``: ``draw``, i.e.
+    uniform noise, so the box centre is a uniformly random pixel and the
+    threshold mask a uniformly random set of pixels of the same count.
+    ``"low"``: the least-attended place: the maps' minima first, in a random
+    order among themselves (normalised maps are often 0 at many pixels; raster
+    order would put every box in the top-left corner), then the other pixels
+    from low to high attribution.
+
+    Args:
+        maps: ``(B, H, W)`` attribution maps.
+        placement: one of ``PLACEMENTS``.
+        draw: ``(B, H, W)`` uniform ``[0, 1)`` values (``"random"``, ``"low"``).
+    """
+    if placement == "peak":
+        return maps
+    if draw is None:
+        raise ValueError(f"placement={placement!r} needs a uniform (B, H, W) draw.")
+    draw = ops.cast(draw, "float32")
+    if placement == "random":
+        return draw
+    if placement != "low":
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+    maps = ops.cast(maps, "float32")
+    lowest = maps <= ops.min(maps, axis=(1, 2), keepdims=True)
+    scale = ops.max(ops.abs(maps), axis=(1, 2), keepdims=True)
+    # Minima above every other pixel (whose scores -maps are <= scale).
+    return ops.where(lowest, 2.0 * scale + 1.0 + draw, -maps)

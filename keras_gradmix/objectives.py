@@ -22,7 +22,7 @@ from keras_gradmix.attribution import target_scores
 
 # The terms a step's loss may have, in the order of their bits in the
 # non-finite check (see keras_gradmix.epochs.nonfinite_code).
-TERMS = ("clean", "masked", "partner", "masked_supcon")
+TERMS = ("clean", "masked", "partner", "masked_supcon", "outlier")
 
 
 class Objective:
@@ -83,8 +83,11 @@ class Classification(Objective):
     ``fill="noise"`` or a constant, ``w * L(masked, y)`` (paired) or
     ``L(masked, y)`` (replace); with ``fill="mix"``,
     ``w * L(masked, y) + w_p * L(masked, y_partner)``, where ``w`` and ``w_p``
-    are the kept and pasted shares (``label_mode``). Regularisation losses
-    enter once: from the clean pass (paired) or the masked pass (replace).
+    are the kept and pasted shares (``label_mode``). With
+    ``masked_as="outlier"`` the masked images carry no label: they enter
+    :func:`outlier_loss` (toward the uniform distribution) instead.
+    Regularisation losses enter once: from the clean pass (paired) or the
+    masked pass (replace).
     """
 
     def check_compiled(self, trainer):
@@ -93,6 +96,14 @@ class Classification(Objective):
                 "GradMixModel trains with the loss given to compile(); compile it "
                 "with one, e.g. loss='sparse_categorical_crossentropy'."
             )
+        if trainer.options.masked_as == "outlier" and compat.loss_from_logits(
+                trainer, trainer.options.output) is None:
+            raise ValueError(
+                "masked_as='outlier' trains the masked images toward the uniform "
+                "distribution and must know whether the model outputs logits or "
+                "probabilities; the compiled loss does not say. Compile with a Keras "
+                "cross-entropy, e.g. loss=keras.losses.SparseCategoricalCrossentropy("
+                "from_logits=True).")
 
     def clean_loss(self, trainer, x, y, y_pred, sample_weight=None, training=True):
         # Keras builds the loss symbolically before the first step on some
@@ -126,6 +137,14 @@ class Classification(Objective):
             return w * scale if scale != 1.0 else w
 
         terms = {}
+        if trainer.options.masked_as == "outlier":  # paired only (GradMixConfig checks)
+            _, logits = attributed_output(trainer, y, y_masked)
+            applied = ops.cast(masked.applied, "float32")
+            from_logits = compat.loss_from_logits(trainer, trainer.options.output)
+            terms["clean"] = clean_loss
+            terms["outlier"] = compat.scale_loss_for_distribution(trainer.options.outlier_weight * ops.mean(
+                weighted(applied) * outlier_loss(logits, from_logits)))
+            return terms
         if trainer.options.mode == "paired":
             own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term
             terms["clean"] = clean_loss
@@ -136,6 +155,24 @@ class Classification(Objective):
             terms["partner"] = compat.compiled_loss(
                 trainer, take(y, masked.partner), y_masked, weighted(masked.pasted), track=False)
         return terms
+
+
+def outlier_loss(y_pred, from_logits: bool = True):
+    """Per-image cross-entropy to the uniform distribution over the ``K``
+    classes, ``-(1/K) sum_k log softmax_k(y_pred)`` (outlier exposure,
+    Hendrycks et al. 2019); ``y_pred`` are probabilities when not
+    ``from_logits``. ``(B,)`` float32."""
+    y_pred = ops.cast(y_pred, "float32")
+    if y_pred.shape[-1] == 1:
+        raise ValueError(
+            "masked_as='outlier' needs one output per class (batch, K) with K >= 2; a "
+            "single-logit binary classifier has no uniform distribution over classes to "
+            "train outliers toward. Use two outputs with a softmax cross-entropy.")
+    if from_logits:
+        log_p = ops.log_softmax(y_pred, axis=-1)
+    else:
+        log_p = ops.log(ops.clip(y_pred, keras.backend.epsilon(), 1.0))
+    return -ops.mean(log_p, axis=-1)
 
 
 def attributed_output(trainer, y, y_pred):

@@ -41,8 +41,11 @@ class Transformation(NamedTuple):
     W, C)`` with ``normalization``) with ``fill="noise"``, else None;
     ``index`` ``(k,)`` the chosen images, or None for all; ``method`` scalar
     int32, the policy's choice (``POLICY_METHODS``) or None for GradMix only;
-    ``lam`` ``(k,)`` the CutMix or MixUp weight of the image's own label, and
-    ``centre`` ``((k,), (k,))`` the CutMix box centres, or None.
+    ``lam`` ``(k,)`` the CutMix or MixUp weight of the image's own label,
+    ``centre`` ``((k,), (k,))`` the CutMix box centres, or None;
+    ``placement`` ``(k, H, W)`` uniforms that place GradMix's mask
+    (``placement="random"``) or break ties among a map's minima (``"low"``),
+    None at the peak.
     """
 
     area: object
@@ -53,6 +56,7 @@ class Transformation(NamedTuple):
     method: object = None
     lam: object = None
     centre: object = None
+    placement: object = None
 
 
 class MaskedBatch(NamedTuple):
@@ -128,7 +132,7 @@ def sample_transformation(
         epoch: the current epoch (a scalar tensor or int) for the schedule
             (``warmup_epochs``, ``stop_epoch``, ramps); None: past all of it.
     """
-    seeds = iter(masks.split_seed(seed, 10))
+    seeds = iter(masks.split_seed(seed, 11))
     active, area_scale, share_scale = schedule(options, epoch)
     count = transformed_count(options, batch_size)
     index = None
@@ -166,8 +170,12 @@ def sample_transformation(
         if "cutmix" in policy:
             centre = (ops.cast(keras.random.uniform((count,), 0, image_size[0], seed=next(seeds)), "int32"),
                       ops.cast(keras.random.uniform((count,), 0, image_size[1], seed=next(seeds)), "int32"))
+    placement = None
+    if options.placement != "peak" and "gradmix" in policy:  # drawn last: "peak" draws as before
+        placement = keras.random.uniform((count, int(image_size[0]), int(image_size[1])),
+                                         seed=next(seeds))
     return Transformation(area=area, sampled=sampled, partner=partner, noise=noise, index=index,
-                          method=method, lam=lam, centre=centre)
+                          method=method, lam=lam, centre=centre, placement=placement)
 
 
 def _sample_lam(options, policy, method, count, alpha, seed):
@@ -180,8 +188,8 @@ def _sample_lam(options, policy, method, count, alpha, seed):
 
 
 def apply_transformation(images, maps, transformation: Transformation, options: GradMixConfig) -> MaskedBatch:
-    """Transforms the chosen images: GradMix masks each where its map peaks and
-    fills the mask; CutMix pastes a random box of the partner; MixUp blends
+    """Transforms the chosen images: GradMix masks each where its map peaks
+    (or where ``options.placement`` says) and fills the mask; CutMix pastes a random box of the partner; MixUp blends
     with the partner. Weighs the labels; takes the policy's method.
 
     ``images`` and ``maps`` are the whole batch (partners come from it). Pure:
@@ -217,7 +225,8 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
 
 
 def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
-    mask, masked = masks.MASKS[options.mask](maps, t.area)
+    where = masks.placement_scores(maps, options.placement, t.placement)
+    mask, masked = masks.MASKS[options.mask](where, t.area)
     peaked = (ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))) & finite
     sampled = ops.convert_to_tensor(t.sampled)
     applied = sampled & peaked
