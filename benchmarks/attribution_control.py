@@ -19,7 +19,7 @@ paper-configuration runs (same regime, same code path: ``placement="peak"`` is
 bit for bit the old step) are reused from --reuse; they have no kNN score, so
 the kNN columns count fewer pairs.
 
-    python examples/attribution_control.py --splits 0,1,2,3,4 --seeds 0,1
+    python benchmarks/attribution_control.py --splits 0,1,2,3,4 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def plot(rows, names, path):
 
 
 def command() -> str:
-    return " ".join(["python examples/attribution_control.py", *sys.argv[1:]])
+    return " ".join(["python benchmarks/attribution_control.py", *sys.argv[1:]])
 
 
 def main(argv=None):
