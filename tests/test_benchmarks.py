@@ -152,3 +152,45 @@ def test_torch_compile_smoke(tmp_path):
     saved = json.loads((tmp_path / "torch_compile.json").read_text())
     assert saved["results"]["eager"]["steps"] == 4 and saved["results"]["eager"]["median_step_ms"] > 0
     assert "does not run under jit_compile=True" in saved["gradmix"]
+
+
+def test_attribution_control_smoke_reports_paired_contrasts_and_resumes(tmp_path):
+    import attribution_control
+
+    args = ["--smoke", "--splits", "0", "--seeds", "0,1", "--cells",
+            "plain,gradmix,gradmix-random,outlier-peak", "--out", str(tmp_path / "runs"),
+            "--summary", str(tmp_path / "control.md")]
+    runs = attribution_control.main(args)
+    assert [(r["cell"], r["seed"]) for r in runs] == [
+        (c, s) for s in (0, 1) for c in ("plain", "gradmix", "gradmix, random placement", "outlier, peak")]
+    assert runs[2]["options"] == {"placement": "random"} and runs[3]["options"] == {"masked_as": "outlier"}
+    assert all("knn" in r["results"] for r in runs)
+    text = (tmp_path / "control.md").read_text()
+
+    def diff(cell, baseline, score="mls"):
+        by = {(r["cell"], r["seed"]): 100 * r["results"][score]["auroc"] for r in runs}
+        return np.mean([by[(cell, s)] - by[(baseline, s)] for s in (0, 1)])
+
+    contrasts = text.split("**The contrasts**")[1]
+    row = contrasts.split("| peak vs random (positives) |")[1].splitlines()[0]
+    assert f"| {diff('gradmix', 'gradmix, random placement'):+.2f} [" in row  # the MLS column
+    assert f"| {diff('gradmix', 'gradmix, random placement', 'knn'):+.2f} [" in row
+    row = contrasts.split("| outlier vs positive (peak) |")[1].splitlines()[0]
+    assert f"| {diff('outlier, peak', 'gradmix'):+.2f} [" in row
+    assert (tmp_path / "control.png").stat().st_size > 1000
+    again = attribution_control.main(args)  # resumes from the per-run files
+    assert [r["results"] for r in again] == [r["results"] for r in runs]
+
+
+def test_attribution_control_gpu_summary_of_the_committed_device_runs(tmp_path):
+    import attribution_control_gpu
+
+    bundle = json.loads((ROOT / "docs/results/attribution_control_gpu_runs.json").read_text())
+    attribution_control_gpu.summarise(bundle, str(tmp_path))
+    text = (tmp_path / "attribution_control_gpu.md").read_text()
+    by = {(r["cell"], r["seed"]): 100 * r["results"]["mls"]["auroc"] for r in bundle["runs"]}
+    seeds = sorted({s for _, s in by})
+    diff = np.mean([by[("gradmix", s)] - by[("gradmix-random", s)] for s in seeds])
+    assert f"| {diff:+.2f} [" in text.split("| peak vs random (positives) |")[1].splitlines()[0]
+    assert "gpu: NVIDIA" in text and bundle["meta"]["command"] in text
+    assert (ROOT / "docs/results/attribution_control_gpu.md").read_text() == text
