@@ -10,10 +10,14 @@ regression on the frozen, L2-normalised GAP features of those images (with
 their labels) classifies the whole test set; the same probe on the untrained
 encoder is the floor. Reports the probe's accuracy per method (mean ± std over
 seeds) and the paired difference to SimCLR on the same
-seed (t-interval). Each finished run is a JSON file in --out, so an interrupted
-study resumes.
+seed (t-interval). ``simclr+gradmix-random`` is the control: the same box at a
+uniformly random place (``placement="random"``), so a gain of GradMix over it
+is the attribution's, not one more masked view's. Each finished run is a JSON
+file in --out, so an interrupted study resumes.
 
     python examples/ssl_probe.py --epochs 60 --seeds 0,1,2
+    python examples/ssl_probe.py --epochs 30 --train-per-class 300 --seeds 0,1,2 \
+        --out docs/results/ssl_probe_small --summary docs/results/ssl_probe_small.md
     python examples/ssl_probe.py --smoke --out /tmp/ssl   # seconds, mnist5k
 """
 
@@ -32,7 +36,6 @@ import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.data.loaders import load_arrays  # noqa: E402
 from keras_gradmix.experiments import (  # noqa: E402
-    SSL_METHODS,
     cached_run,
     first_per_class,
     machine,
@@ -47,6 +50,9 @@ from keras_gradmix.zoo import lean_cnn  # noqa: E402
 
 
 UNTRAINED = "untrained"  # the encoder at its initial weights: the probe's floor
+# Method -> (trainer method, GradMix options changed from the benchmarks').
+METHODS = {UNTRAINED: (None, {}), "simclr": ("simclr", {}), "simclr+gradmix": ("simclr+gradmix", {}),
+           "simclr+gradmix-random": ("simclr+gradmix", {"placement": "random"})}
 
 def load(dataset: str, per_class: int, data_dir=None, limit_test=None):
     """The first ``per_class`` training images of every class and the test set."""
@@ -63,11 +69,14 @@ def run_one(data, method, seed, epochs, batch_size, temperature) -> dict:
         encoder, seconds = lean_cnn(x.shape[1:], 10, seed, projection=True), 0.0
     else:
         ds = shuffled_batches(x, y, seed, batch_size, drop_remainder=True)
-        encoder, seconds = train(method, ds, 10, seed, epochs, recipe=dict(temperature=temperature))
+        trainer, options = METHODS[method]
+        encoder, seconds = train(trainer, ds, 10, seed, epochs, options=options,
+                                 recipe=dict(temperature=temperature))
     train_features = collect(encoder, (x, y), feature_layer="features")["features"]
     test_features = collect(encoder, (x_test, y_test), feature_layer="features")["features"]
     predicted = linear_probe(train_features, y, test_features)
-    return {"method": method, "seed": seed, "epochs": epochs, "train_images": len(x),
+    return {"method": method, "options": METHODS[method][1], "seed": seed, "epochs": epochs,
+            "train_images": len(x),
             "temperature": temperature, "train_seconds": seconds,
             "probe_accuracy": float(np.mean(predicted == y_test))}
 
@@ -80,13 +89,19 @@ def summarize(runs, meta) -> str:
               "train s / run": f"{s['train_seconds']:.0f}"} for s in stats]
     paired = [{"method": d["method"], **paired_cells(d)}
               for d in paired_differences(rows, "probe accuracy", "simclr", pair=("seed",))]
+    # The control: GradMix's box at the peak against the same box at a random place.
+    control = [{"contrast": "simclr+gradmix − simclr+gradmix-random", **paired_cells(d)}
+               for d in paired_differences([r for r in rows if r["method"].startswith("simclr+gradmix")],
+                                           "probe accuracy", "simclr+gradmix-random", pair=("seed",))]
     return "\n".join([
-        "# Self-supervised features: SimCLR vs SimCLR + GradMix, linear probe", "",
+        "# Self-supervised features: SimCLR vs SimCLR + GradMix (peak and random "
+        "placement), linear probe", "",
         f"{meta['dataset']}, the first {meta['per_class']} training images per class (no labels "
         f"in training), lean CNN + 64-64-32 projection, two views (shift 10 %, flip), NT-Xent at "
         f"temperature {meta['temperature']}, Adam 1e-3 with cosine decay over {meta['epochs']} "
         f"epochs, batch {meta['batch_size']}; GradMix: LayerCAM on stage2 + stage3, noise boxes "
-        f"10-50 %, the masked view's features the positives. Probe: logistic regression on the "
+        f"10-50 %, the masked view's features the positives (`-random`: the same box at a "
+        f"uniformly random place). Probe: logistic regression on the "
         f"L2-normalised GAP features of the training images, accuracy (%) on the test set; "
         f"`untrained`: the same probe on the encoder at its initial weights. "
         f"Seeds {meta['seeds']}; mean ± std.", "",
@@ -94,6 +109,8 @@ def summarize(runs, meta) -> str:
         "Paired difference to SimCLR on the same seed (points; 95 % t-interval over the pairs, "
         "df = pairs - 1):", "",
         to_markdown(paired) if paired else "(one method only)", "",
+        *(["Peak against random placement on the same seed (does the attribution matter?):", "",
+           to_markdown(control), ""] if control else []),
         f"Command: `{meta['command']}`  ", f"Keras {keras.__version__}, TensorFlow "
         f"{tf.__version__}; {meta['machine']}.", ""])
 
@@ -109,6 +126,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=os.path.join("docs", "results", "ssl_probe"))
     parser.add_argument("--summary", default=os.path.join("docs", "results", "ssl_probe.md"))
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"from {list(METHODS)}")
     parser.add_argument("--smoke", action="store_true", help="mnist5k, 20 per class, 1 epoch")
     args = parser.parse_args(argv)
     limit_test = None
@@ -116,11 +134,14 @@ def main(argv=None):
         args.dataset, args.train_per_class, args.epochs, args.batch_size = "mnist5k", 20, 1, 64
         args.summary, limit_test = os.path.join(args.out, "summary.md"), 200
     seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    if any(m not in METHODS for m in methods):
+        parser.error(f"--methods must come from {list(METHODS)}; got {methods}")
     data = load(args.dataset, args.train_per_class, args.data_dir, limit_test)
     runs = [cached_run(os.path.join(args.out, f"{method}_seed{seed}.json"), args.epochs,
                        f"{method} seed {seed}",
                        lambda: run_one(data, method, seed, args.epochs, args.batch_size, args.temperature))
-            for seed in seeds for method in (UNTRAINED, *SSL_METHODS)]
+            for seed in seeds for method in methods]
     meta = {"command": " ".join(["python examples/ssl_probe.py",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "per_class": args.train_per_class, "epochs": args.epochs,

@@ -192,13 +192,21 @@ def test_ssl_probe_smoke_trains_without_labels_and_reports_paired_differences(tm
     import ssl_probe
 
     runs = ssl_probe.main(["--smoke", "--seeds", "0,1", "--out", str(tmp_path)])
-    assert [(r["method"], r["seed"]) for r in runs] == [
-        (m, s) for s in (0, 1) for m in ("untrained", "simclr", "simclr+gradmix")]
+    methods = ("untrained", "simclr", "simclr+gradmix", "simclr+gradmix-random")
+    assert [(r["method"], r["seed"]) for r in runs] == [(m, s) for s in (0, 1) for m in methods]
+    assert runs[3]["options"] == {"placement": "random"} and runs[2]["options"] == {}
     assert all(0.0 <= r["probe_accuracy"] <= 1.0 for r in runs)
     assert max(r["probe_accuracy"] for r in runs) > 0.2  # better than chance (0.1) after a probe
     text = (tmp_path / "summary.md").read_text()
-    diffs = [100 * (runs[i + 1]["probe_accuracy"] - runs[i]["probe_accuracy"]) for i in (1, 4)]
-    assert f"{np.mean(diffs):+.2f}" in text and "python examples/ssl_probe.py --smoke" in text
+    accuracy = {(r["method"], r["seed"]): 100 * r["probe_accuracy"] for r in runs}
+
+    def diff(method, baseline):
+        return np.mean([accuracy[(method, s)] - accuracy[(baseline, s)] for s in (0, 1)])
+
+    assert f"| simclr+gradmix | 2 | {diff('simclr+gradmix', 'simclr'):+.2f} |" in text
+    control = text.split("does the attribution matter?")[1]
+    assert f"| {diff('simclr+gradmix', 'simclr+gradmix-random'):+.2f} |" in control
+    assert "python examples/ssl_probe.py --smoke" in text
     again = ssl_probe.main(["--smoke", "--seeds", "0,1", "--out", str(tmp_path)])  # resumes
     assert again == runs
 
