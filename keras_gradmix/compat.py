@@ -58,20 +58,35 @@ _PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentr
                        "categorical_focal_crossentropy")
 
 
-def loss_from_logits(model, output=None):
-    """Whether the loss given to ``compile()`` (for ``output``, an index or a
-    name, when it was given one per output) reads logits: a Keras loss's
-    ``from_logits``, False for the cross-entropy names and functions (their
-    default), None when it cannot tell (a custom loss)."""
+def user_loss(model, output=None):
+    """The loss given to ``compile()`` (for ``output``, an index or a name,
+    when it was given one per output): a Loss, a name or a function; None
+    when there is none or it cannot tell which."""
     loss = getattr(getattr(model, "_compile_loss", None), "_user_loss", None)
     if isinstance(loss, dict):
-        loss = loss.get(output) if isinstance(output, str) else None
-    elif isinstance(loss, (list, tuple)):
-        loss = loss[output or 0] if len(loss) == 1 or isinstance(output, int) else None
+        return loss.get(output) if isinstance(output, str) else None
+    if isinstance(loss, (list, tuple)):
+        return loss[output or 0] if len(loss) == 1 or isinstance(output, int) else None
+    return loss
+
+
+def loss_name(loss) -> str:
+    """``"sparse_categorical_crossentropy"`` for that loss as a name, a function
+    or a ``SparseCategoricalCrossentropy`` object (snake case of the class)."""
+    if isinstance(loss, str):
+        return loss
+    name = getattr(loss, "__name__", None) or type(loss).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def loss_from_logits(model, output=None):
+    """Whether the compiled loss (see :func:`user_loss`) reads logits: a Keras
+    loss's ``from_logits``, False for the cross-entropy names and functions
+    (their default), None when it cannot tell (a custom loss)."""
+    loss = user_loss(model, output)
     if hasattr(loss, "from_logits"):
         return bool(loss.from_logits)
-    name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
-    return False if name in _PROBABILITY_LOSSES else None
+    return False if loss is not None and loss_name(loss) in _PROBABILITY_LOSSES else None
 
 
 def loss_tracker(model):

@@ -2,7 +2,7 @@
 
 ``GradMixModel.fit`` (and ``train_on_batch``) call :func:`inspect_batch` on
 the first batch (read without consuming the user's data,
-:func:`keras_gradmix.inputs.first_batch`):
+:func:`first_batch`; an empty dataset is an error here):
 
 * the inputs are checked in NumPy, so every backend says the same
   (``check_inputs=False`` skips it): pixels finite and inside ``value_range``,
@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
 from keras_gradmix.objectives import Classification, attributed_output
 from keras_gradmix.tap import LayerTap, candidate_layers, spatial_candidates
@@ -32,6 +33,11 @@ logger = logging.getLogger("keras_gradmix")
 
 def inspect_batch(gm, x, y, sample_weight=None):
     """Checks the batch and resolves the attributed layer (see the module)."""
+    if not _is_text(x) and not isinstance(x, (list, tuple, dict)) and len(x.shape) and x.shape[0] == 0:
+        raise ValueError(
+            f"GradMix: the data has no images (a first batch of shape {tuple(x.shape)}); "
+            f"fit needs at least one. Check that the arrays or the dataset are not empty "
+            f"(e.g. a filter that kept nothing).")
     x = gm.objective.prepare_inputs(ops.convert_to_tensor(x) if not _is_text(x) else x)
     if gm.options.check_inputs:
         check_inputs(gm, x, y, sample_weight)
@@ -97,6 +103,65 @@ def all_flat(maps) -> bool:
     return True
 
 
+# ------------------------------------------------------------ the first batch
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or keras.ops.is_tensor(value)
+
+
+def _head(value, size):
+    """The first ``size`` rows of an array or a structure of arrays."""
+    return keras.tree.map_structure(lambda a: a[:size] if _is_array(a) else a, value)
+
+
+def _chain(first, rest):
+    """A generator (what Keras accepts) of ``first`` and then ``rest``."""
+    yield first
+    yield from rest
+
+
+def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
+    """``(x, y, sample_weight, data)`` of the first batch, and the data to pass
+    on to ``fit`` (unchanged, or an equivalent iterator when the data is a
+    one-pass Python iterator or generator, whose first batch had to be read).
+
+    Arrays give their first ``batch_size`` rows (32 by default, as ``fit``);
+    a ``tf.data.Dataset`` its first element (a fresh iterator);
+    a ``keras.utils.PyDataset`` its item 0; a PyTorch ``DataLoader`` the first
+    batch of a fresh iterator. Returns ``(None, None, None, x)`` for anything else;
+    raises a ValueError for an empty dataset.
+    """
+    if x is None:
+        return None, None, None, x
+    if _is_array(x) or (isinstance(x, (list, tuple, dict)) and keras.tree.flatten(x)
+                        and all(_is_array(a) for a in keras.tree.flatten(x))):
+        size = batch_size or 32
+        return _head(x, size), _head(y, size), _head(sample_weight, size), x
+    batch, known = None, True
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "take") and hasattr(x, "element_spec"):
+        batch = next(iter(x.take(1)), None)
+    elif isinstance(x, keras.utils.PyDataset):
+        batch = x[0] if len(x) else None
+    elif type(x).__name__ == "DataLoader" and type(x).__module__.startswith("torch"):
+        batch = next(iter(x), None)
+    elif hasattr(x, "__next__"):  # one pass: read the first batch, hand on the rest too
+        batch = next(x, None)
+        if batch is not None:
+            x = _chain(batch, x)
+    else:
+        known = False
+    if batch is None and known:
+        raise ValueError(
+            f"GradMix: the training data ({type(x).__name__}) is empty: it gave no first "
+            f"batch. Check the dataset (e.g. a filter or take() that kept nothing).")
+    if batch is None:
+        return None, None, None, x
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    bx, by, bsw = keras.utils.unpack_x_y_sample_weight(batch)
+    return bx, by, bsw, x
+
+
+
 # ------------------------------------------------------------------ inputs
 def _is_text(value) -> bool:
     array = np.asarray(value) if not keras.ops.is_tensor(value) else None
@@ -129,14 +194,10 @@ def check_inputs(gm, x, y, sample_weight=None):
     tolerance = 1e-3 * (high - low)
     if raw.min() < low - tolerance or raw.max() > high + tolerance:
         seen = f"[{raw.min():.4g}, {raw.max():.4g}]"
-        hint = (f"pass value_range=(0, 255), or scale the images to ({low:g}, {high:g}) "
-                f"(e.g. x / 255)") if raw.max() > 2 and high <= 1 else (
-                f"pass value_range=({raw.min():.4g}, {raw.max():.4g}) (the range of your "
-                f"images{', before normalization' if gm.options.normalization else ''})")
         raise ValueError(
             f"GradMix: the first batch's pixels span {seen} but value_range is "
             f"({low:g}, {high:g}): the noise is drawn in value_range, so it would not "
-            f"look like your pixels. Fix: {hint}.")
+            f"look like your pixels. Fix: {_range_hint(gm.options, raw, low, high)}.")
     if sample_weight is not None:
         weights = _numpy(sample_weight).astype(np.float64)
         if not np.isfinite(weights).all() or (weights < 0).any():
@@ -145,6 +206,25 @@ def check_inputs(gm, x, y, sample_weight=None):
                              f"{np.nanmax(weights):.4g}] (NaN: {np.isnan(weights).any()}).")
     if isinstance(gm.objective, Classification) and y is not None:
         _check_labels(gm, x, y)
+
+
+def _range_hint(options, raw, low, high) -> str:
+    """What to pass for pixels outside ``value_range``; following it must not
+    lead to another range error."""
+    unit = -1 - 1e-3 <= raw.min() and raw.max() <= 1 + 1e-3
+    if options.normalization is None and raw.min() < 0 <= low and not unit and raw.max() < 20:
+        return ("the images look standardised, (pixels - mean) / std: pass "
+                "normalization=(mean, std), the statistics they were standardised with, e.g. "
+                "normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for ImageNet "
+                "statistics of pixels in [0, 1], and value_range=(0, 255) as well if the mean "
+                "and std are in 0-255 units; or pass value_range=("
+                f"{raw.min():.4g}, {raw.max():.4g}) to draw the noise in the images' own range")
+    if raw.max() > 2 and high <= 1 and raw.min() >= 0:
+        return f"pass value_range=(0, 255), or scale the images to ({low:g}, {high:g}) (e.g. x / 255)"
+    if options.normalization is None and unit and raw.min() < 0:
+        return "pass value_range=(-1, 1), the range of images scaled to [-1, 1]"
+    return (f"pass value_range=({raw.min():.4g}, {raw.max():.4g}) (the range of your "
+            f"images{', before normalization' if options.normalization else ''})")
 
 
 def _check_labels(gm, x, y):
@@ -166,7 +246,27 @@ def _check_labels(gm, x, y):
             raise ValueError(
                 f"GradMix: a single-logit binary classifier takes labels in [0, 1]; the "
                 f"first batch has labels from {labels.min():g} to {labels.max():g}.")
-    elif sparse:
+        return
+    loss = compat.user_loss(gm, gm.options.output)
+    loss = "" if loss is None else compat.loss_name(loss)
+    if sparse and loss.startswith("categorical"):
+        raise ValueError(
+            f"GradMix: the labels are class indices (shape {labels.shape}) but the loss is "
+            f"{loss}, which takes one-hot labels. Compile with a sparse loss (e.g. "
+            f"keras.losses.SparseCategoricalCrossentropy), or one-hot the labels "
+            f"(keras.ops.one_hot(y, {classes})).")
+    if not sparse and labels.ndim == 2 and labels.shape[-1] == classes and loss.startswith("sparse_"):
+        raise ValueError(
+            f"GradMix: the labels are one-hot (shape {labels.shape}) but the loss is {loss}, "
+            f"which takes class indices. Compile with {loss[len('sparse_'):]} (e.g. "
+            f"keras.losses.CategoricalCrossentropy), or pass the indices (y.argmax(axis=-1)).")
+    if sparse and labels.min() < 0:
+        raise ValueError(
+            f"GradMix: labels must be class indices in [0, {classes}); the first batch has "
+            f"negative labels (down to {labels.min():g}). Class indices start at 0: remap "
+            f"them (e.g. np.unique(y, return_inverse=True)[1]), or drop the rows of an "
+            f"'unknown' label such as -1 from the training data.")
+    if sparse:
         if labels.min() < 0 or labels.max() >= classes or (labels != np.round(labels)).any():
             raise ValueError(
                 f"GradMix: labels must be class indices in [0, {classes}) for a model with "

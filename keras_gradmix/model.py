@@ -18,7 +18,7 @@ from keras_gradmix import compat, inspection
 from keras_gradmix.attribution import attribution_maps
 from keras_gradmix.config import GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, nonfinite_code
-from keras_gradmix.inputs import check_image_batch, default_value_range, first_batch, image_converter
+from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.tap import (
     LayerTap,
@@ -175,7 +175,7 @@ class GradMixModel(keras.Model):
         the epoch."""
         arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
         arguments.pop("self")
-        x, y, sample_weight, arguments["x"] = first_batch(
+        x, y, sample_weight, arguments["x"] = inspection.first_batch(
             arguments.get("x"), arguments.get("y"), arguments.get("sample_weight"),
             arguments.get("batch_size"))
         if x is not None:
@@ -189,7 +189,13 @@ class GradMixModel(keras.Model):
             raise
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
-        self.inspect_batch(x, y, sample_weight)
+        """``keras.Model.train_on_batch``; the first call after each
+        ``compile()`` looks at its batch as ``fit`` does (not every call: the
+        look costs an eager attribution pass)."""
+        compiled = id(getattr(self, "optimizer", None)), id(getattr(self, "_compile_loss", None))
+        if getattr(self, "_inspected_for", None) != compiled:
+            self.inspect_batch(x, y, sample_weight)
+            self._inspected_for = compiled
         try:
             logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
         except BaseException:

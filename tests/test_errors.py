@@ -92,3 +92,22 @@ def test_the_checks_read_tf_data_and_pydataset_without_consuming_them(batch):
     gm.compile(optimizer="sgd", loss=sparse_ce())
     history = gm.fit(generator, epochs=1, verbose=0)  # the peeked batch is trained on too
     assert len(history.history["loss"]) == 1
+
+
+def test_train_on_batch_inspects_the_first_batch_after_each_compile(batch, monkeypatch):
+    from keras_gradmix import inspection
+
+    calls = []
+    original = inspection.inspect_batch
+    monkeypatch.setattr(inspection, "inspect_batch",
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    gm = GradMixModel(sequential_cnn(), "conv2")
+    gm.compile(optimizer="sgd", loss=sparse_ce())
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        gm.train_on_batch(batch[0], batch[1] + 10)  # the first call is looked at
+    for _ in range(3):
+        gm.train_on_batch(*batch)
+    assert len(calls) == 2  # the failed first call, then the first that trained
+    gm.compile(optimizer="sgd", loss=sparse_ce())
+    gm.train_on_batch(*batch)
+    assert len(calls) == 3  # once again after compile()
