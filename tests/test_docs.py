@@ -46,3 +46,18 @@ def test_the_readme_is_short_and_its_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_install_lines_work_as_written_before_a_release():
+    """Not on a package index yet: an index install is only mentioned as what a
+    release will allow; the wheel named is the one `make package` builds."""
+    import keras_gradmix
+
+    for page in PAGES:
+        for line in page.read_text().splitlines():
+            if re.search(r"pip install \S*keras-gradmix", line):
+                assert "once released" in line.lower(), (page, line)
+    readme = (ROOT / "README.md").read_text()
+    wheels = re.findall(r"dist/(keras_gradmix-[^\s\[\"`]+\.whl)", readme)
+    assert wheels == [f"keras_gradmix-{keras_gradmix.__version__}-py3-none-any.whl"]
+    assert 'pip install -e ".[tensorflow]"' in readme and "make package" in readme
