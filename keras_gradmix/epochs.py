@@ -1,50 +1,43 @@
 """What ``fit`` adds to the step: the epoch, fed to the compiled step without
-retracing (warm-up, schedules), and a clear error naming the loss term that
-went non-finite (the step reports a bit per term under ``NONFINITE``)."""
+retracing (warm-up, schedules), and, once per epoch, the verdict of the
+step's guard (:mod:`keras_gradmix.guard`): a clear error naming the bad batch.
+No batch-level hook: Keras keeps its asynchronous dispatch."""
 
 from __future__ import annotations
 
 import keras
-from keras import ops
+import numpy as np
 
-from keras_gradmix.objectives import TERMS
-
-NONFINITE = "gradmix_nonfinite"  # the step's per-batch log the callback below reads
+from keras_gradmix import guard
 
 
-def nonfinite_code(terms: dict):
-    """An int32 scalar: bit ``i`` set when term ``TERMS[i]`` is not finite
-    (read by :class:`EpochCounter`, which names the term)."""
-    names = [name for name in TERMS if name in terms]
-    values = ops.stack([ops.cast(ops.reshape(terms[n], ()), "float32") for n in names])
-    bits = ops.convert_to_tensor([2 ** TERMS.index(n) for n in names], "int32")
-    return ops.sum(ops.where(ops.isfinite(values), 0, bits))
+def raise_if_bad(gm) -> None:
+    """Raises the guard's error if a batch was bad (and clears the record);
+    reads one small variable on the host."""
+    record, _ = gm.guard_variables
+    found = guard.message(np.asarray(keras.ops.convert_to_numpy(record)))
+    if found:
+        record.assign([0, 0, 0])
+        error, text = found
+        raise error(text)
 
 
 class EpochCounter(keras.callbacks.Callback):
     """Feeds the epoch to the compiled step (warm-up, schedules) without
-    retracing, and stops training with a clear error when a term of the loss
-    is not finite (and keeps that diagnostic out of the logs)."""
+    retracing, and at the end of each epoch stops training with a clear error
+    when the step's guard found a bad batch."""
 
-    def __init__(self, variable):
+    def __init__(self, gm):
         super().__init__()
-        self.variable = variable
-        self.epoch = 0
+        self.gm = gm
+
+    def on_train_begin(self, logs=None):
+        record, _ = self.gm.guard_variables
+        record.assign([0, 0, 0])
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.variable.assign(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        code = int((logs or {}).pop(NONFINITE, 0))
-        if code:
-            names = [name for bit, name in enumerate(TERMS) if code & 2**bit]
-            raise FloatingPointError(
-                f"GradMix: the loss is not finite at epoch {self.epoch}, batch {batch}: the "
-                f"{' and '.join(names)} term{'s' if len(names) > 1 else ''} "
-                f"({', '.join(repr(n) for n in names)} in keras_gradmix.objectives.TERMS). "
-                f"Usual causes: a learning rate too high, float16 overflow, inputs or labels "
-                f"out of range. The weights of this batch were applied.")
+        self.gm.epoch.assign(epoch)
+        self.gm.guard_variables[1].assign(0)
 
     def on_epoch_end(self, epoch, logs=None):
-        (logs or {}).pop(NONFINITE, None)
+        raise_if_bad(self.gm)

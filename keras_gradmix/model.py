@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from keras_gradmix import compat, inspection
+from keras_gradmix import compat, guard, inspection
 from keras_gradmix.attribution import attribution_maps
 from keras_gradmix.config import GradMixConfig, split_options
-from keras_gradmix.epochs import EpochCounter, nonfinite_code
+from keras_gradmix.epochs import EpochCounter, raise_if_bad
 from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.tap import (
@@ -131,6 +131,12 @@ class GradMixModel(keras.Model):
         self.objective.check_options(self.options)
         self.seed_generator = keras.random.SeedGenerator(self.options.seed)
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="gradmix_epoch")
+        # The guard's record of the first bad batch (problem code, epoch, batch)
+        # and the step count of the epoch (keras_gradmix.guard); not saved.
+        self._guard_record = keras.Variable([0, 0, 0], dtype="int32", trainable=False,
+                                            name="gradmix_guard", aggregation="only_first_replica")
+        self._guard_batch = keras.Variable(0, dtype="int32", trainable=False, name="gradmix_batch",
+                                           aggregation="only_first_replica")
         self.masking_trackers = [keras.metrics.Mean(name=name) for name in MASKING_METRICS]
         if model.built:  # what callbacks such as BackupAndRestore check
             self.built = True
@@ -181,7 +187,7 @@ class GradMixModel(keras.Model):
         if x is not None:
             self.inspect_batch(x, y, sample_weight)
         # First, so that no other callback sees the step's non-finite diagnostic.
-        arguments["callbacks"] = [EpochCounter(self.epoch), *(arguments.get("callbacks") or [])]
+        arguments["callbacks"] = [EpochCounter(self), *(arguments.get("callbacks") or [])]
         try:
             return super().fit(**arguments)
         except BaseException:
@@ -196,14 +202,13 @@ class GradMixModel(keras.Model):
         if getattr(self, "_inspected_for", None) != compiled:
             self.inspect_batch(x, y, sample_weight)
             self._inspected_for = compiled
+        self._guard_batch.assign(0)
         try:
             logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
         except BaseException:
             compat.forget_step_functions(self)
             raise
-        counter = EpochCounter(self.epoch)
-        counter.epoch = int(ops.convert_to_numpy(self.epoch))
-        counter.on_train_batch_end(0, logs)  # raises for a non-finite term, drops the code
+        raise_if_bad(self)  # train_on_batch returns host values: a sync anyway
         if return_dict:
             return logs
         values = list(logs.values())
@@ -255,11 +260,11 @@ class GradMixModel(keras.Model):
         state, which Keras does not save by itself; so a run restored from a
         checkpoint (``BackupAndRestore``, ``load_weights``) draws the masks an
         uninterrupted run draws."""
-        for i, variable in enumerate(compat.own_variables(self) + [self.seed_generator.state]):
+        for i, variable in enumerate([self.epoch, self.seed_generator.state]):
             store[str(i)] = variable
 
     def load_own_variables(self, store):
-        variables = compat.own_variables(self) + [self.seed_generator.state]
+        variables = [self.epoch, self.seed_generator.state]
         for i, variable in enumerate(variables[: len(store.keys())]):
             variable.assign(store[str(i)])
 
@@ -337,12 +342,27 @@ class GradMixModel(keras.Model):
         """Whether the step computes the clean batch's loss."""
         return self.options.mode == "paired" or self.options.target == "loss"
 
+    @property
+    def guard_variables(self):
+        """``(record, batch)``: the first bad batch ``[code, epoch, batch]`` of
+        this epoch (code 0: none) and the epoch's step count (:mod:`keras_gradmix.guard`)."""
+        return self._guard_record, self._guard_batch
+
+    def safe_labels(self, y, y_pred):
+        """Labels outside the model's classes replaced, so that no loss kernel fails."""
+        return self.objective.label_problem(self, y, y_pred)[0]
+
+    def step_problems(self, terms: dict, y, y_pred):
+        """The batch's problem code: non-finite terms, labels outside the classes."""
+        return guard.batch_problems(terms, self.objective.label_problem(self, y, y_pred)[1])
+
     def clean_loss(self, x, y, y_pred, sample_weight, training=True):
+        y = self.safe_labels(y, y_pred)
         return self.objective.clean_loss(self, x, y, y_pred, sample_weight, training)
 
     def attribution_score(self, y, y_pred, clean_loss):
         """Scalar whose gradient w.r.t. the attributed layers gives the maps."""
-        score = self.objective.attribution_score(self, y, y_pred, clean_loss)
+        score = self.objective.attribution_score(self, self.safe_labels(y, y_pred), y_pred, clean_loss)
         # Maps are invariant to a positive scale; scaling by the loss scale keeps
         # float16 gradients from underflowing under mixed precision.
         optimizer = getattr(self, "optimizer", None)  # absent before compile()
@@ -390,13 +410,12 @@ class GradMixModel(keras.Model):
 
     def gradmix_terms(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked: MaskedBatch) -> dict:
         """The named terms of a step's loss (see the objective); the loss is their sum."""
+        y = self.safe_labels(y, y_pred)
         return self.objective.loss_terms(self, x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
 
     def gradmix_loss(self, *args) -> object:
         """Total loss of a step: the sum of :meth:`gradmix_terms`."""
         return sum(self.gradmix_terms(*args).values())
-
-    nonfinite_code = staticmethod(nonfinite_code)
 
     def check_images(self, x):
         check_image_batch(x)

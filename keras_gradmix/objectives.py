@@ -20,8 +20,8 @@ from keras import ops
 from keras_gradmix import compat
 from keras_gradmix.attribution import target_scores
 
-# The terms a step's loss may have, in the order of their bits in the
-# non-finite check (see keras_gradmix.epochs.nonfinite_code).
+# The terms a step's loss may have, in the order of their bits in the step's
+# problem code (see keras_gradmix.guard).
 TERMS = ("clean", "masked", "partner", "masked_supcon", "outlier")
 
 
@@ -49,6 +49,12 @@ class Objective:
     def attribution_score(self, trainer, y, y_pred, clean_loss):
         """Scalar whose gradient w.r.t. the attributed layers gives the maps."""
         raise NotImplementedError
+
+    def label_problem(self, trainer, y, y_pred):
+        """``(labels, bad)``: labels safe to compute the loss with, and a bool
+        scalar, whether some label is outside the model's classes (the step
+        then applies no update, :mod:`keras_gradmix.guard`). Here: as given."""
+        return y, ops.convert_to_tensor(False)
 
     def maskable(self, batch_size):
         """``(B,)`` bool: images that may be masked; None for all."""
@@ -111,6 +117,18 @@ class Classification(Objective):
         if trainer.options.target in ("label", "prediction"):
             check_labels(trainer, *attributed_output(trainer, y, y_pred))
         return keras.Model.compute_loss(trainer, x, y, y_pred, sample_weight, training)
+
+    def label_problem(self, trainer, y, y_pred):
+        """Sparse class indices outside ``[0, K)`` are replaced by 0 (so that no
+        loss kernel fails on them: TensorFlow's raises, PyTorch's indexes out of
+        range, JAX's reads garbage) and flagged."""
+        if isinstance(y_pred, (list, tuple, dict, type(None))) or isinstance(y, (list, tuple, dict, type(None))):
+            return y, ops.convert_to_tensor(False)
+        classes = y_pred.shape[-1]
+        if classes == 1 or not (len(y.shape) == 1 or (len(y.shape) == 2 and y.shape[-1] == 1)):
+            return y, ops.convert_to_tensor(False)
+        outside = (y < 0) | (y >= classes)
+        return ops.where(outside, ops.zeros_like(y), y), ops.any(outside)
 
     def attribution_score(self, trainer, y, y_pred, clean_loss):
         target = trainer.options.target

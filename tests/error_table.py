@@ -29,7 +29,8 @@ WHERE = {
     "compile": "`GradMixModel.compile(...)`",
     "first batch": "`fit` / `train_on_batch`, on the first batch, eagerly, before any update",
     "first step": "while the first train step is traced, before any update",
-    "training": "after the batch whose loss was not finite (a callback of `fit`)",
+    "training": "at the end of the epoch with the bad batch, which applied no update, nor did any "
+                "batch after it (`train_on_batch`: right after the call)",
 }
 
 
@@ -55,7 +56,7 @@ def compiled(model=None, loss=None, **options):
 
 
 def fit(gm, x, y, **kwargs):
-    gm.fit(x, y, batch_size=len(x), epochs=1, verbose=0, **kwargs)
+    gm.fit(x, y, **{"batch_size": len(x), "epochs": 1, "verbose": 0, "shuffle": False, **kwargs})
 
 
 def two_heads():
@@ -311,7 +312,21 @@ CASES = [
     Case("nonfinite-loss", "a loss term that is not finite", "training",
          r"the loss is not finite at epoch 0, batch 0: the masked term", nan_in_the_masked_pass,
          error=FloatingPointError),
+    Case("nan-later", "a NaN pixel in a batch after the first", "training",
+         r"not finite at epoch 0, batch 1.*No update was applied from that batch on",
+         lambda b: fit(compiled(layer="conv2"), _spoiled(b[0], np.nan), b[1], batch_size=4),
+         error=FloatingPointError),
+    Case("label-later", "a label outside the classes in a batch after the first", "training",
+         r"labels at epoch 0, batch 1 are not classes of the model",
+         lambda b: fit(compiled(layer="conv2"), b[0], _spoiled(b[1], 12), batch_size=4)),
 ]
+
+
+def _spoiled(values, bad):
+    """A copy with item 6 (in the second batch of 4) set to ``bad``."""
+    values = np.array(values, dtype=np.float32 if isinstance(bad, float) else values.dtype)
+    values[6] = bad
+    return values
 
 
 def _no_loss():

@@ -5,8 +5,9 @@ a ``StatelessScope`` that collects the forward's ``add_loss`` losses, loss
 scaling, ``optimizer.stateless_apply``, metrics variables). The attributed
 layers' outputs get a zero perturbation ``eps``; ``jax.vjp`` of the clean
 forward with respect to ``eps`` gives the gradients of the score with respect
-to those outputs, from the same forward that the clean loss uses. All GradMix
-maths lives in backend-agnostic code.
+to those outputs, from the same forward that the clean loss uses. A bad batch
+applies no update (:mod:`keras_gradmix.guard`). All GradMix maths lives in
+backend-agnostic code.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import jax
 import keras
 from jax.extend.core import Literal
 
-from keras_gradmix import compat
-from keras_gradmix.epochs import NONFINITE
+from keras_gradmix import compat, guard
 
 
 def _current(scope, variables):
@@ -133,17 +133,23 @@ def train_step(gm, state, data):
             loss = sum(terms.values())
             scaled = gm.optimizer.scale_loss(loss)
         updated = _current(scope, gm.non_trainable_variables), _current(scope, gm.metrics_variables)
-        return scaled, (loss, y_pred, updated, gm.nonfinite_code(terms), masked)
+        return scaled, (loss, y_pred, updated, gm.step_problems(terms, y, y_pred), masked)
 
-    (_, (loss, y_pred, (non_trainable, metrics_variables), code, masked)), grads = jax.value_and_grad(
+    (_, (loss, y_pred, (updated, metrics_variables), code, masked)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(trainable)
-    trainable, optimizer_variables = gm.optimizer.stateless_apply(
-        optimizer_variables, grads, trainable
-    )
+    with keras.StatelessScope(state_mapping=list(zip(gm.non_trainable_variables, updated))) as scope:
+        ok = guard.verdict(gm, code, grads)
+    updated = _current(scope, gm.non_trainable_variables)
+    # A bad batch keeps the statistics its forwards wrote (BatchNorm) as they were.
+    statistics = {id(v) for v in gm.model.non_trainable_variables}
+    non_trainable = [jax.numpy.where(ok, new, old) if id(v) in statistics else new
+                     for v, new, old in zip(gm.non_trainable_variables, updated, non_trainable)]
+    trainable, optimizer_variables = keras.ops.cond(
+        ok, lambda: gm.optimizer.stateless_apply(optimizer_variables, grads, trainable),
+        lambda: (list(trainable), list(optimizer_variables)))
     logs, metrics_variables = update_metrics(
         gm, metrics_variables, loss, x, y, y_pred, sample_weight, masked)
-    logs = {**logs, NONFINITE: code}
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 

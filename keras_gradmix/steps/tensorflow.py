@@ -2,7 +2,8 @@
 
 Mirrors Keras' built-in TensorFlow ``train_step`` (loss tracking, loss
 scaling, ``apply_gradients``, ``compute_metrics``), so mixed precision and
-``tf.distribute`` keep working. All GradMix maths lives in backend-agnostic
+``tf.distribute`` keep working; a bad batch applies no update
+(:mod:`keras_gradmix.guard`). All GradMix maths lives in backend-agnostic
 code; this module only tapes and differentiates.
 """
 
@@ -12,8 +13,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
-from keras_gradmix import compat
-from keras_gradmix.epochs import NONFINITE
+from keras_gradmix import compat, guard
 
 
 def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
@@ -50,6 +50,8 @@ def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     x = gm.objective.prepare_inputs(x)
     gm.check_step_ready(x)
+    statistics = gm.model.non_trainable_variables  # BatchNorm's, written by the forwards
+    before = guard.snapshot(statistics)
     # One persistent tape: the clean forward serves both the attribution and,
     # in paired mode, the clean loss; no second clean forward.
     with tf.GradientTape(persistent=True) as tape:
@@ -71,7 +73,9 @@ def train_step(gm, data):
     trainable_weights = gm.trainable_weights
     gradients = tape.gradient(loss, trainable_weights)
     del tape
-    gm.optimizer.apply_gradients(zip(gradients, trainable_weights))
+    ok = guard.agree(guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients))
+    guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
+    guard.keep_if_bad(ok, statistics, before)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     masking = gm.track_masking(masked, ops.shape(x)[0])
-    return {**logs, **masking, NONFINITE: gm.nonfinite_code(terms)}
+    return {**logs, **masking}

@@ -1,7 +1,8 @@
 """The GradMix train step on the PyTorch backend (autograd).
 
 Mirrors Keras' built-in torch ``train_step`` (``zero_grad``, loss tracking,
-loss scaling, ``backward``, ``optimizer.apply``). The attribution gradients
+loss scaling, ``backward``, ``optimizer.apply``); a bad batch applies no
+update (:mod:`keras_gradmix.guard`). The attribution gradients
 come from ``torch.autograd.grad`` on the clean forward's graph, which is kept
 for the update: they never land in the parameters' ``.grad``. All GradMix maths
 lives in backend-agnostic code.
@@ -13,8 +14,7 @@ import keras
 from keras import ops
 import torch
 
-from keras_gradmix import compat
-from keras_gradmix.epochs import NONFINITE
+from keras_gradmix import compat, guard
 
 
 def _require_grad(output):
@@ -56,6 +56,8 @@ def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     x = gm.objective.prepare_inputs(x)
     gm.check_step_ready(x)
+    statistics = gm.model.non_trainable_variables  # BatchNorm's, written by the forwards
+    before = guard.snapshot(statistics)
     gm.zero_grad()
     y_pred, clean_loss, activations, gradients = _forward_and_attribute(
         gm, x, y, sample_weight, training=True, need_loss=gm.needs_clean_loss
@@ -71,11 +73,15 @@ def train_step(gm, data):
         loss = gm.optimizer.scale_loss(loss)
 
     trainable_weights = list(gm.trainable_weights)
+    gradients = []
     if trainable_weights:
         loss.backward()
         gradients = [v.value.grad for v in trainable_weights]
-        with torch.no_grad():
-            gm.optimizer.apply(gradients, trainable_weights)
+    with torch.no_grad():
+        ok = guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients)
+        if trainable_weights:
+            guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
+        guard.keep_if_bad(ok, statistics, before)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     masking = gm.track_masking(masked, ops.shape(x)[0])
-    return {**logs, **masking, NONFINITE: gm.nonfinite_code(terms)}
+    return {**logs, **masking}

@@ -1,0 +1,141 @@
+"""Nothing bad reaches the weights, on any batch, on any backend.
+
+Every train step judges its own update on the device: the loss terms and the
+gradients must be finite, and the labels must be classes of the model. A bad
+batch applies no update: the optimizer step is skipped (``ops.cond``, as
+Keras' ``LossScaleOptimizer`` skips non-finite steps) and the statistics its
+forward passes wrote (BatchNorm) are put back, so weights and optimizer state
+stay exactly as they were. The first bad batch (what, epoch, batch) is kept in
+a variable, and every later step of the epoch applies no update either, so the
+weights are those before the bad batch. ``fit`` reads that record once per
+epoch (:class:`~keras_gradmix.epochs.EpochCounter`, at epoch end, where Keras
+syncs anyway) and stops with an error naming the problem, the epoch and the
+batch; nothing is read on the host per step, so Keras' asynchronous dispatch
+stays on. (PyTorch runs eagerly: there the skip itself is decided on the host,
+as ``LossScaleOptimizer`` does.)
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_gradmix.objectives import TERMS
+
+PROBLEMS = (*TERMS, "gradients", "labels")  # bit i of a step's problem code
+
+
+def batch_problems(terms: dict, bad_labels=None):
+    """An int32 code: bit ``PROBLEMS.index(term)`` for each non-finite loss
+    term, and the ``labels`` bit when ``bad_labels`` (a bool scalar) is true."""
+    names = [name for name in TERMS if name in terms]
+    values = ops.stack([ops.cast(ops.reshape(terms[n], ()), "float32") for n in names])
+    bits = ops.convert_to_tensor([2 ** PROBLEMS.index(n) for n in names], "int32")
+    code = ops.sum(ops.where(ops.isfinite(values), 0, bits))
+    if bad_labels is not None:
+        code = code + ops.where(bad_labels, 2 ** PROBLEMS.index("labels"), 0)
+    return code
+
+
+def all_finite(gradients):
+    """Whether every gradient is finite (None gradients are skipped)."""
+    checks = [ops.all(ops.isfinite(g)) for g in gradients if g is not None]
+    return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
+
+
+def verdict(gm, code, gradients):
+    """Records the batch (:meth:`GradMixModel.guard_record`) and returns a
+    bool scalar: whether its update may be applied (no problem in it and none
+    earlier in the epoch). Assigns variables: inside a JAX step, call it in a
+    ``StatelessScope``."""
+    code = code + ops.where(all_finite(gradients), 0, 2 ** PROBLEMS.index("gradients"))
+    record, batch = gm.guard_variables
+    latched = ops.not_equal(record.value[0], 0)
+    first = ops.not_equal(code, 0) & ops.logical_not(latched)
+    entry = ops.stack([ops.cast(code, "int32"), ops.cast(gm.epoch.value, "int32"),
+                       ops.cast(batch.value, "int32")])
+    record.assign(ops.where(first, entry, record.value))
+    batch.assign(batch.value + 1)
+    return ops.equal(code, 0) & ops.logical_not(latched)
+
+
+def agree(ok):
+    """Under ``tf.distribute`` with several replicas, true only where every
+    replica's ``ok`` is (their batches differ); else ``ok`` itself."""
+    if keras.backend.backend() != "tensorflow":
+        return ok
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return ok
+    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(ok), "float32"))
+    return ops.equal(bad, 0.0)
+
+
+def apply_if(optimizer, ok, gradients, variables) -> None:
+    """``optimizer.apply(gradients, variables)`` only where ``ok`` (stateful
+    backends); the optimizer's state (slots, iterations) is untouched otherwise."""
+    if not optimizer.built:  # its variables cannot be made inside a branch
+        optimizer.build(variables)
+
+    def apply():
+        optimizer.apply(gradients, variables)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.__internal__.distribute.strategy_supports_no_merge_call():
+            # As LossScaleOptimizer: a cond whose branch calls merge_call must
+            # run in the cross-replica context.
+            def cross_replica(distribution, ok, gradients, variables):
+                def apply_each():
+                    distribution.extended.call_for_each_replica(
+                        optimizer.apply, args=(gradients, variables))
+
+                # Every replica holds the same ok (see agree()): take the first.
+                first = distribution.experimental_local_results(ok)[0]
+                ops.cond(first, apply_each, lambda: None)
+
+            tf.distribute.get_replica_context().merge_call(
+                cross_replica, args=(ok, gradients, variables))
+            return
+    ops.cond(ok, apply, lambda: None)
+
+
+def snapshot(variables) -> list:
+    """Copies of the variables' values (not the variables)."""
+    return [ops.copy(v) for v in variables]
+
+
+def keep_if_bad(ok, variables, before) -> None:
+    """Puts ``before`` back into ``variables`` unless ``ok``."""
+    for variable, value in zip(variables, before):
+        variable.assign(ops.where(ok, variable.value, value))
+
+
+def message(record) -> tuple[type, str] | None:
+    """The error for a record ``(code, epoch, batch)``; None if no batch was bad."""
+    code, epoch, batch = (int(v) for v in record)
+    if not code:
+        return None
+    terms = [name for bit, name in enumerate(TERMS) if code & 2**bit]
+    where = f"at epoch {epoch}, batch {batch}"
+    problems = []
+    if terms:
+        problems.append(
+            f"the loss is not finite {where}: the {' and '.join(terms)} term"
+            f"{'s' if len(terms) > 1 else ''} ({', '.join(repr(n) for n in terms)} in "
+            f"keras_gradmix.objectives.TERMS)")
+    if code & 2 ** PROBLEMS.index("gradients"):
+        problems.append(f"the gradients are not finite {where}")
+    if code & 2 ** PROBLEMS.index("labels"):
+        problems.append(
+            f"some labels {where} are not classes of the model (class indices must lie in "
+            f"[0, classes)); remap or drop them")
+    error = ValueError if not (terms or code & 2 ** PROBLEMS.index("gradients")) else FloatingPointError
+    return error, (
+        f"GradMix: {'; '.join(problems)}. No update was applied from that batch on: the "
+        f"weights and the optimizer state are those before it (the batch counts the steps of "
+        f"the epoch from 0). Usual causes: a learning rate too high, float16 overflow, "
+        f"NaN/inf pixels or labels out of range in the data.")

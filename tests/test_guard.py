@@ -1,0 +1,110 @@
+"""Nothing bad reaches the weights: a bad batch after the first applies no
+update on any backend, compiled or not, and fit says which batch it was."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import sequential_cnn, sparse_ce, to_numpy
+
+from keras_gradmix import GradMixModel
+from keras_gradmix.epochs import EpochCounter
+from keras_gradmix.guard import PROBLEMS, message
+
+
+def jit_choices():
+    return [False, True] if keras.backend.backend() in ("tensorflow", "jax") else [False]
+
+
+def trained(x, y, jit, **fit):
+    model = sequential_cnn(bn=True)  # BatchNorm: statistics the forward writes
+    gm = GradMixModel(model, "conv2", seed=0)
+    gm.compile(optimizer=keras.optimizers.Adam(1e-3), loss=sparse_ce(), jit_compile=jit)
+    return model, gm
+
+
+def state(model, gm):
+    return ([to_numpy(w) for w in model.weights]
+            + [to_numpy(v) for v in gm.optimizer.variables])
+
+
+def bad_batch(mnist, kind):
+    x, y = mnist[0][:128].copy(), mnist[1][:128].copy()
+    if kind == "nan":
+        x[100] = np.nan  # batch 3 of 4 (batch size 32)
+    else:
+        y[100] = 12  # of 10 classes
+    return x, y
+
+
+@pytest.mark.parametrize("jit", jit_choices())
+@pytest.mark.parametrize("kind,error,match", [
+    ("nan", FloatingPointError, "not finite at epoch 1, batch 3"),
+    ("label", ValueError, r"labels at epoch 1, batch 3 are not classes of the model"),
+])
+def test_a_bad_later_batch_applies_no_update_and_fit_names_it(mnist, kind, error, match, jit):
+    """Epoch 0 on the three good batches; epoch 1 meets the bad batch 3. The
+    weights, BatchNorm statistics and optimizer state must equal those of a
+    run that stopped before it (epoch 1 on the good batches only)."""
+    x, y = bad_batch(mnist, kind)
+    good = (x[:96], y[:96])
+    model, gm = trained(x, y, jit)
+    reference, ref = trained(x, y, jit)
+    for trainer in (gm, ref):
+        trainer.fit(*good, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    ref.fit(*good, batch_size=32, epochs=2, initial_epoch=1, verbose=0, shuffle=False)
+    with pytest.raises(error, match=match):
+        gm.fit(x, y, batch_size=32, epochs=3, initial_epoch=1, verbose=0, shuffle=False)
+    for a, b in zip(state(model, gm), state(reference, ref)):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    assert int(to_numpy(gm.optimizer.iterations)) == 6
+    history = gm.fit(*good, batch_size=32, epochs=1, verbose=0)  # a refit trains again
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_every_batch_after_the_bad_one_is_held_too(mnist):
+    x, y = bad_batch(mnist, "label")
+    x, y = np.concatenate([x, x[:64]]), np.concatenate([y, mnist[1][:64]])  # good batches after it
+    model, gm = trained(x, y, False)
+    reference, ref = trained(x, y, False)
+    gm.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    ref.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    ref.fit(x[:96], y[:96], batch_size=32, epochs=2, initial_epoch=1, verbose=0, shuffle=False)
+    with pytest.raises(ValueError, match="batch 3"):
+        gm.fit(x, y, batch_size=32, epochs=2, initial_epoch=1, verbose=0, shuffle=False)
+    for a, b in zip(state(model, gm), state(reference, ref)):
+        np.testing.assert_array_equal(a, b)  # batches 4 and 5 were good, and not applied
+
+
+def test_train_on_batch_applies_no_update_from_a_bad_batch(mnist):
+    x, y = mnist[0][:32], mnist[1][:32]
+    model, gm = trained(x, y, False)
+    gm.train_on_batch(x, y)
+    before = state(model, gm)
+    bad = x.copy()
+    bad[5] = np.inf
+    with pytest.raises(FloatingPointError, match="epoch 0, batch 0"):
+        gm.train_on_batch(bad, y)
+    for a, b in zip(state(model, gm), before):
+        np.testing.assert_array_equal(a, b)
+    gm.train_on_batch(x, y)  # the record was cleared: good batches train
+    assert any(not np.array_equal(a, b) for a, b in zip(state(model, gm), before))
+
+
+def test_the_epoch_callback_has_no_batch_hook_so_dispatch_stays_asynchronous():
+    gm = GradMixModel(sequential_cnn(), "conv2")
+    counter = EpochCounter(gm)
+    for hook in ("on_train_batch_begin", "on_train_batch_end", "on_batch_end"):
+        assert getattr(type(counter), hook) is getattr(keras.callbacks.Callback, hook)
+    callbacks = keras.callbacks.CallbackList([counter], model=gm)
+    if keras.backend.backend() == "jax":  # Keras dispatches asynchronously on JAX only
+        assert callbacks._async_train
+
+
+def test_messages_name_every_problem():
+    code = 2 ** PROBLEMS.index("masked") + 2 ** PROBLEMS.index("labels")
+    error, text = message([code, 4, 17])
+    assert error is FloatingPointError
+    assert "not finite at epoch 4, batch 17: the masked term" in text
+    assert "labels at epoch 4, batch 17 are not classes" in text
+    assert message([0, 0, 0]) is None
+    assert message([2 ** PROBLEMS.index("labels"), 0, 0])[0] is ValueError
