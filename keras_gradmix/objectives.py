@@ -127,6 +127,7 @@ class Classification(Objective):
         classes = y_pred.shape[-1]
         if classes == 1 or not (len(y.shape) == 1 or (len(y.shape) == 2 and y.shape[-1] == 1)):
             return y, ops.convert_to_tensor(False)
+        y = ops.convert_to_tensor(y)  # e.g. a tf.data batch's labels on JAX
         outside = (y < 0) | (y >= classes)
         return ops.where(outside, ops.zeros_like(y), y), ops.any(outside)
 
