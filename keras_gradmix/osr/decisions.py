@@ -129,7 +129,7 @@ class OpenSetClassifier:
             "known_recall": float(accepted.mean()),
             "unknown_rejected": float((unknown_scores < self.threshold).mean()),
             "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
-            **{f"ccr@fpr{100 * f:g}": v for f, v in
+            **{f"ccr_fpr{100 * f:g}": v for f, v in
                ccr_at_fpr(known_scores, unknown_scores, correct, fprs).items()},
         }
 
