@@ -162,11 +162,6 @@ def producing_layer(tensor):
     return tensor._keras_history.operation
 
 
-def own_variables(layer) -> list:
-    """The variables a layer saves itself (not its sublayers')."""
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
-
-
 def forget_step_functions(model) -> None:
     """Drops the compiled train/test functions after a failed ``fit``.
 
