@@ -3,7 +3,8 @@
 Main entry point: :class:`GradMixModel`, configured by a :class:`GradMixConfig`
 and holding an objective (:mod:`keras_gradmix.objectives`). The building blocks
 (attribution maps, masks, fills, the sampled transformation) are pure functions
-usable in custom training loops.
+usable in custom training loops; :func:`attribution_maps` gives any
+classifier's maps in one call, for inspection.
 
 The package logs through the ``"keras_gradmix"`` logger and attaches no
 handler (e.g. which layer ``layer=None`` picked, at INFO); to see it::
@@ -16,10 +17,10 @@ handler (e.g. which layer ``layer=None`` picked, at INFO); to see it::
 import logging as _logging
 
 from keras_gradmix.attribution import (
-    attribution_maps,
     gradcam,
     gradcam_plus_plus,
     layercam,
+    maps_from_gradients,
     normalize_maps,
     resize_maps,
     target_scores,
@@ -34,6 +35,7 @@ from keras_gradmix.masks import (
 from keras_gradmix.config import GradMixConfig
 from keras_gradmix.mixing import apply_fill, attribution_share, random_partner, sample_noise
 from keras_gradmix.model import GradMixModel
+from keras_gradmix.explain import attribution_maps
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.plotting import MaskPreview, plot_masks
 from keras_gradmix.tap import LayerTap, iter_layers, resolve_layer
@@ -66,6 +68,7 @@ __all__ = [
     "gradcam_plus_plus",
     "iter_layers",
     "layercam",
+    "maps_from_gradients",
     "normalize_maps",
     "peak_positions",
     "plot_masks",

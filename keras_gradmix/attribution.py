@@ -97,7 +97,7 @@ def normalize_maps(maps, mode: str = "image", epsilon: float = 1e-8):
     return ops.where(finite, (maps - low) / (high - low + epsilon), maps)
 
 
-def attribution_maps(
+def maps_from_gradients(
     activations,
     gradients,
     image_size: tuple[int, int],

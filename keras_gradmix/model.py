@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from keras_gradmix import compat, guard, inspection
-from keras_gradmix.attribution import attribution_maps
+from keras_gradmix.attribution import maps_from_gradients
 from keras_gradmix.config import GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, raise_if_bad
 from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
@@ -368,6 +368,16 @@ class GradMixModel(keras.Model):
         optimizer = getattr(self, "optimizer", None)  # absent before compile()
         return score if optimizer is None else optimizer.scale_loss(score)
 
+    def image_maps(self, activations, gradients, image_size):
+        """The batch's attribution maps at ``image_size``, each in [0, 1]:
+        ``(B, H, W)``. ``activations``/``gradients``: one tensor or a list per layer."""
+        if not isinstance(activations, (list, tuple)):
+            activations, gradients = [activations], [gradients]
+        return maps_from_gradients(
+            self.feature_maps(activations, image_size), self.feature_maps(gradients, image_size),
+            image_size, self.options.attribution, self.options.normalize,
+        )
+
     def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
         """Samples this batch's transformation and applies it at the maps' peaks.
 
@@ -376,12 +386,7 @@ class GradMixModel(keras.Model):
         """
         images = ops.convert_to_tensor(images)
         size = images.shape[1:3]
-        if not isinstance(activations, (list, tuple)):
-            activations, gradients = [activations], [gradients]
-        maps = attribution_maps(
-            self.feature_maps(activations, size), self.feature_maps(gradients, size), size,
-            self.options.attribution, self.options.normalize,
-        )
+        maps = self.image_maps(activations, gradients, size)
         batch = ops.shape(images)[0]
         seed = self.seed_generator if seed is None else seed
         transformation = sample_transformation(self.options, batch, size, seed, self.epoch)

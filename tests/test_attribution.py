@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_gradmix import (
-    attribution_maps,
+    maps_from_gradients,
     gradcam,
     gradcam_plus_plus,
     layercam,
@@ -59,11 +59,11 @@ def test_resize_is_bilinear_half_pixel():
     np.testing.assert_array_equal(same, maps)
 
 
-def test_attribution_maps_match_reference_pipeline():
+def test_maps_from_gradients_match_reference_pipeline():
     rng = np.random.default_rng(1)
     acts = rng.random((3, 7, 5, 4)).astype("float32")
     grads = rng.normal(size=(3, 7, 5, 4)).astype("float32")
-    out = to_numpy(attribution_maps(acts, grads, (14, 10), method="gradcam"))
+    out = to_numpy(maps_from_gradients(acts, grads, (14, 10), method="gradcam"))
     cam = np.maximum(np.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2))), 0)
     up = tf.image.resize(cam[..., None], (14, 10), method="bilinear").numpy()[..., 0]
     lo = up.min(axis=(1, 2), keepdims=True)
@@ -117,10 +117,10 @@ def test_several_layers_are_normalised_upsampled_summed_and_normalised():
     for a, g in ((a1, g1), (a2, g2)):
         cam = (a * np.maximum(g, 0)).sum(-1)
         total = total + tf.image.resize(norm(cam)[..., None], (16, 16)).numpy()[..., 0]
-    out = to_numpy(attribution_maps([a1, a2], [g1, g2], (16, 16), method="layercam"))
+    out = to_numpy(maps_from_gradients([a1, a2], [g1, g2], (16, 16), method="layercam"))
     np.testing.assert_allclose(out, norm(total), atol=1e-5)
 
 
 def test_unknown_attribution_method():
     with pytest.raises(ValueError, match="attribution must be one of"):
-        attribution_maps(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)), (2, 2), method="cam")
+        maps_from_gradients(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)), (2, 2), method="cam")

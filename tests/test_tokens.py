@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import sparse_ce, to_numpy, xla_only
 
-from keras_gradmix import GradMixModel, attribution_maps
+from keras_gradmix import GradMixModel, maps_from_gradients
 from keras_gradmix.tokens import token_grid, tokens_to_map
 
 
@@ -50,7 +50,7 @@ def test_token_maps_equal_the_maps_of_the_reshaped_tokens(method):
     images = np.zeros((2, 28, 28, 1), "float32")
     out = gm.masked_batch(images, [acts.astype("float32")], [grads.astype("float32")], seed=0)
     as_map = [a[:, 1:].reshape(2, 4, 4, 5).astype("float32") for a in (acts, grads)]
-    expected = attribution_maps(*as_map, (28, 28), method)
+    expected = maps_from_gradients(*as_map, (28, 28), method)
     np.testing.assert_allclose(to_numpy(out.maps), to_numpy(expected), atol=1e-6)
 
 

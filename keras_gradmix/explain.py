@@ -1,0 +1,81 @@
+"""Attribution maps of any Keras classifier in one call, for inspection.
+
+What pytorch-grad-cam's ``GradCAM(model, target_layers)(input_tensor=x)`` and
+tf-keras-vis' ``Gradcam`` give a user: maps of a trained (or untrained) model,
+without building a :class:`~keras_gradmix.GradMixModel` or compiling. The maps
+are the ones GradMix would mask during training with the same options.
+
+Examples:
+
+```python
+maps = keras_gradmix.attribution_maps(model, x[:8], y[:8], layer="conv2")  # (8, H, W)
+maps = keras_gradmix.attribution_maps(model, x[:8])   # predicted class, layer chosen for you
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from keras_gradmix.model import GradMixModel, backend_step
+
+
+def attribution_maps(
+    model: keras.Model,
+    images,
+    labels=None,
+    layer: str | Sequence[str] | None = None,
+    attribution: str = "layercam",
+    *,
+    batch_size: int = 32,
+    **options: Any,
+) -> np.ndarray:
+    """Attribution maps of ``images`` at their own resolution, each in [0, 1].
+
+    Runs eagerly in inference mode (BatchNorm uses its running statistics,
+    dropout is off) and changes nothing in ``model``.
+
+    Args:
+        model: a Keras classifier with one image input ``(B, H, W, C)`` and
+            one output of class scores, built or not.
+        images: ``(N, H, W, C)`` array or tensor.
+        labels: class indices ``(N,)`` or one-hot ``(N, K)``: the map of each
+            image's true class. None: the map of the predicted class.
+        layer: the attributed layer's name or path (a list for the summed
+            multi-layer map); None picks the last spatial feature map, as
+            :class:`~keras_gradmix.GradMixModel` does without data.
+        attribution: ``"layercam"``, ``"gradcam"`` or ``"gradcam++"``.
+        batch_size: images per forward pass.
+        **options: other :class:`~keras_gradmix.GradMixConfig` fields that
+            shape the maps: ``normalize=``, ``output=``, ``prefix_tokens=``,
+            ``token_grid=``, ``target=`` (``"label"`` or ``"prediction"``).
+
+    Returns:
+        ``(N, H, W)`` float32 NumPy array.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    target = options.pop("target", "label" if labels is not None else "prediction")
+    if target not in ("label", "prediction"):
+        raise ValueError(f"target must be 'label' or 'prediction' here, got {target!r}.")
+    if target == "label" and labels is None:
+        raise ValueError("target='label' needs labels; pass labels=, or target='prediction'.")
+    gm = GradMixModel(model, layer=layer, attribution=attribution, target=target, **options)
+    images = keras.ops.convert_to_numpy(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"attribution_maps needs a non-empty batch of images (batch, height, width, "
+            f"channels), channels last; got shape {images.shape}.")
+    # "prediction" ignores the labels: zeros stand in for absent ones.
+    labels = np.zeros(len(images), "int32") if labels is None else keras.ops.convert_to_numpy(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} labels.")
+    maps = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        activations, gradients = backend_step().attribute(gm, x, labels[start:start + batch_size])
+        maps.append(keras.ops.convert_to_numpy(gm.image_maps(activations, gradients, x.shape[1:3])))
+    return np.concatenate(maps)
