@@ -26,7 +26,7 @@ from keras import ops
 from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
 from keras_gradmix.objectives import Classification, attributed_output
-from keras_gradmix.tap import LayerTap, candidate_layers, spatial_candidates
+from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, spatial_candidates
 
 logger = logging.getLogger("keras_gradmix")
 
@@ -51,7 +51,7 @@ def inspect_batch(gm, x, y, sample_weight=None):
                 f"gradients differ.", stacklevel=4)
             choice = candidates[-1]
         gm.layer = choice
-    elif not getattr(gm, "_flat_warned", False) and all_flat(layer_maps(gm, x, y, gm.layer_paths)):
+    elif not getattr(gm, "_flat_warned", False) and all_flat(checked_layer_maps(gm, x, y)):
         better, _ = last_non_flat(gm, x, y)
         hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
                 if better else "no layer of the model gives non-flat maps on it")
@@ -61,6 +61,32 @@ def inspect_batch(gm, x, y, sample_weight=None):
             f"those outputs (e.g. a transformer pooled by its class token leaves the "
             f"last block's patch tokens without gradient); {hint}.", stacklevel=4)
         gm._flat_warned = True
+
+
+def checked_layer_maps(gm, x, y) -> list:
+    """The attributed layers' maps of ``x``; a layer with 1x1 maps at this
+    input size is named with the last layer whose maps are larger."""
+    try:
+        return layer_maps(gm, x, y, gm.layer_paths)
+    except SmallMapError as error:
+        height, width = x.shape[1:3]
+        candidates, tap = spatial_layers(gm, x)
+        better = (f"The last layer whose maps are larger is {candidates[-1]!r} "
+                  f"({'x'.join(map(str, tap.outputs[candidates[-1]][0].shape[1:3]))}): attribute "
+                  f"it" if candidates else "No layer has maps larger than 1x1: use larger images")
+        raise ValueError(
+            f"Layer {error.path!r} gives 1x1 maps at {height}x{width} inputs: one value per "
+            f"image, so there is no place to mask. {better}, or feed larger images (each "
+            f"halving of the resolution in the model halves the map).") from None
+
+
+def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
+    """The candidate layers with genuine spatial maps of ``x`` (call order),
+    and the tap that recorded them."""
+    gm.check_step_ready(x, training=False)
+    with LayerTap(candidate_layers(gm.model)) as tap:
+        gm(x, training=False)
+    return spatial_candidates(tap, x.shape[1:3], gm.options), tap
 
 
 def layer_maps(gm, x, y, paths) -> list:
@@ -81,10 +107,7 @@ def layer_maps(gm, x, y, paths) -> list:
 def last_non_flat(gm, x, y) -> tuple[str | None, list[str]]:
     """The last candidate layer (call order) whose maps of ``x`` are not all
     flat (None if none is), and the candidates."""
-    gm.check_step_ready(x, training=False)
-    with LayerTap(candidate_layers(gm.model)) as tap:
-        gm(x, training=False)
-    candidates = spatial_candidates(tap, x.shape[1:3], gm.options)
+    candidates, _ = spatial_layers(gm, x)
     if not candidates:
         return None, candidates
     maps = layer_maps(gm, x, y, candidates)

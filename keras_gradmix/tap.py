@@ -144,6 +144,11 @@ def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=
                 f"{model_name!r}; GradMix needs a layer that runs exactly once."
             )
         activation = outputs[0]
+        if keras.ops.is_tensor(activation) and len(activation.shape) == 4 and _area(activation) == 1:
+            raise SmallMapError(
+                f"Layer {path!r} gives 1x1 maps at {image_size[0]}x{image_size[1]} inputs: one "
+                f"value per image, no place to mask. Attribute an earlier layer, or pass "
+                f"layer=None (the last layer with larger maps), or feed larger images.", path)
         if keras.ops.is_tensor(activation) and len(activation.shape) == 3:
             from keras_gradmix.tokens import token_grid
 
@@ -161,18 +166,36 @@ def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=
     return activations
 
 
+class SmallMapError(ValueError):
+    """An attributed layer whose maps are 1x1 at the input size (``.path``)."""
+
+    def __init__(self, message, path):
+        super().__init__(message)
+        self.path = path
+
+
+def _area(output) -> int:
+    return output.shape[1] * output.shape[2]
+
+
+def is_padding(layer) -> bool:
+    """A padding layer (``ZeroPadding2D``, ...): its border rows and columns
+    are padding, not features, so it is never a map to attribute."""
+    return "Padding" in type(layer).__name__
+
+
 def _token_options(options):
     return (None, None) if options is None else (options.prefix_tokens, options.token_grid)
 
 
 def spatial_candidates(tap: "LayerTap", image_size, options=None) -> list[str]:
     """The tapped paths whose output is a genuine spatial map, in call order:
-    one 4-D tensor larger than 1x1 and no larger than the image, or tokens
-    whose patch grid fits the image."""
+    one 4-D tensor larger than 1x1 and no larger than the image, not from a
+    padding layer, or tokens whose patch grid fits the image."""
 
     def spatial(path):
         outputs = tap.outputs[path]
-        if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]):
+        if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]) or is_padding(tap.layers[path]):
             return False
         output = outputs[0]
         if len(output.shape) == 3:
@@ -180,7 +203,7 @@ def spatial_candidates(tap: "LayerTap", image_size, options=None) -> list[str]:
         if len(output.shape) != 4:
             return False
         height, width = output.shape[1:3]
-        return height * width > 1 and height <= image_size[0] and width <= image_size[1]
+        return _area(output) > 1 and height <= image_size[0] and width <= image_size[1]
 
     return [path for path in tap.order if spatial(path)]
 

@@ -277,6 +277,13 @@ CASES = [
          r"'gap' returned \(8, 8\).*4-D", lambda b: fit(compiled(subclassed_cnn(), layer="gap"), *b)),
     Case("outputs-subclassed", "a subclassed model with several outputs and no output=", "first batch",
          "has 2 outputs .*output=", lambda b: fit(compiled(built(TwoOutputs, b), layer="conv2"), *b)),
+    Case("layer-1x1", "a layer whose maps are 1x1 at the input size (ResNet50's last stage at 32x32)",
+         "first batch", r"Layer 'last' gives 1x1 maps at 28x28 inputs.*The last layer whose maps are "
+                        r"larger is 'pool' \(2x2\)",
+         lambda b: fit(compiled(keras.Sequential([
+             keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+             keras.layers.MaxPooling2D(14, name="pool"), keras.layers.Conv2D(4, 2, name="last"),
+             keras.layers.Flatten(), keras.layers.Dense(10)]), layer="last"), *b)),
     Case("layer-twice", "a layer that runs twice in one forward", "first batch", "ran 2 times",
          lambda b: fit(compiled(built(Twice, b), layer="conv1"), *b)),
     Case("layer-unused", "a subclassed model's layer whose output is unused", "first batch",

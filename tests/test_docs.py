@@ -61,3 +61,20 @@ def test_install_lines_work_as_written_before_a_release():
     wheels = re.findall(r"dist/(keras_gradmix-[^\s\[\"`]+\.whl)", readme)
     assert wheels == [f"keras_gradmix-{keras_gradmix.__version__}-py3-none-any.whl"]
     assert 'pip install -e ".[tensorflow]"' in readme and "make package" in readme
+
+
+@tf_only("an architecture fact, checked once")
+def test_which_layer_table_map_sizes_at_32_pixels():
+    """models-and-layers.md: the last stage is 1x1 at 32x32, the stage before 2x2."""
+    import keras
+
+    text = open("docs/guides/models-and-layers.md").read()
+    for build, last, before in [
+        (keras.applications.ResNet50, "conv5_block3_out", "conv4_block6_out"),
+        (keras.applications.MobileNetV2, "out_relu", "block_13_expand_relu"),
+        (keras.applications.EfficientNetB0, "top_activation", "block6a_expand_activation"),
+    ]:
+        model = build(weights=None, input_shape=(32, 32, 3), classes=2)
+        assert tuple(model.get_layer(last).output.shape[1:3]) == (1, 1)
+        assert tuple(model.get_layer(before).output.shape[1:3]) == (2, 2)
+        assert last in text and before in text

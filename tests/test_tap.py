@@ -131,3 +131,51 @@ def test_a_bare_name_trains_exactly_like_its_full_path(mnist):
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+def shrinking_cnn():
+    """8x8 -> c1 4x4 -> c2 2x2 -> pad 3x3 (a padded row and column) -> c3 1x1:
+    the shape of MobileNetV2 (block_13_pad) and ResNet50 (conv5) at 32x32."""
+    import keras
+
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1"),
+        keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c2"),
+        keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad"),
+        keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="c3"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ])
+
+
+def test_layer_none_picks_no_padding_layer_and_no_1x1_map():
+    import keras
+
+    from keras_gradmix import GradMixModel
+    from keras_gradmix.tap import candidate_layers, pick_layer
+
+    model = shrinking_cnn()
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype="float32")
+    with LayerTap(candidate_layers(model)) as tap:
+        model(x)
+    assert pick_layer(tap, (8, 8), model.name) == "c2"  # without data: the last spatial map
+    gm = GradMixModel(model)
+    gm.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    gm.inspect_batch(x, np.array([0, 1, 2, 0]))
+    assert gm.layer == "c2"  # from the first batch: the last non-flat one
+
+
+def test_a_layer_with_1x1_maps_is_named_with_the_last_larger_layer():
+    import keras
+
+    from keras_gradmix import GradMixModel, attribution_maps
+
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype="float32")
+    gm = GradMixModel(shrinking_cnn(), layer="c3")
+    gm.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=r"Layer 'c3' gives 1x1 maps at 8x8 inputs: .* The last "
+                                         r"layer whose maps are larger is 'c2' \(2x2\)"):
+        gm.fit(x, np.array([0, 1, 2, 0]), verbose=0)
+    with pytest.raises(ValueError, match="Layer 'c3' gives 1x1 maps at 8x8 inputs"):
+        attribution_maps(gm.model, x, layer="c3")  # no first-batch look: the step's own check
