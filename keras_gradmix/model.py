@@ -244,6 +244,14 @@ class GradMixModel(keras.Model):
             tracker.update_state(value, sample_weight=weight)
         return {tracker.name: tracker.result() for tracker in self.masking_trackers}
 
+    def export(self, filepath, format: str = "tf_saved_model", **kwargs):
+        """Exports the wrapped model for serving (``keras.Model.export``).
+
+        Inference is exactly the wrapped model's, so the artifact is the plain
+        classifier: no GradMix code is needed to serve it.
+        """
+        return self.model.export(filepath, format=format, **kwargs)
+
     def get_config(self):
         config = super().get_config()  # name, trainable, dtype
         config.update(
