@@ -38,7 +38,7 @@ def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
     callback = OpenSetEvaluation(
         known, unknown, scores=scores,
         every=1, csv_path=tmp_path / "osr.csv", plot_dir=tmp_path / "plots",
-        train_data=train, feature_layer="flatten",
+        train_data=train, feature_layer="flatten", log_metrics="all",
     )
     csv_logger = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
     stopper = keras.callbacks.EarlyStopping("val_osr_auroc_mls", mode="max", patience=5)
@@ -71,13 +71,18 @@ def test_logged_values_equal_a_direct_call(osr_data, tmp_path, wrap, scores):
         "osr_epoch_001.png", "osr_epoch_002.png"]
 
 
-def test_every_n_epochs(osr_data):
+def test_every_n_epochs_and_headline_logs_by_default(osr_data, capsys):
     train, known, unknown = osr_data
     model = six_class_cnn()
     model.compile(optimizer="adam", loss=sparse_ce())
-    callback = OpenSetEvaluation(known, unknown, scores="mls", every=2)
-    model.fit(*train, batch_size=128, epochs=4, verbose=0, callbacks=[callback])
-    assert [row["epoch"] for row in callback.history] == [2, 4]
+    callback = OpenSetEvaluation(known, unknown, scores=("msp", "mls"), every=2)
+    history = model.fit(*train, batch_size=128, epochs=4, verbose=2, callbacks=[callback])
+    assert [row["epoch"] for row in callback.history] == [2, 2, 4, 4]
+    assert set(callback.history[0]) >= {"fpr95", "aupr_in", "ccr_fpr5"}  # history keeps all
+    logged = sorted(k for k in history.history if k.startswith("val_osr_"))
+    assert logged == ["val_osr_auroc_mls", "val_osr_auroc_msp", "val_osr_oscr_mls", "val_osr_oscr_msp"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "val_osr_" in line]
+    assert len(lines) == 2 and all(line.count("val_osr_") == 4 for line in lines)
 
 
 def test_tf_data_inputs(osr_data):
@@ -99,6 +104,7 @@ def test_tf_data_inputs(osr_data):
         (dict(scores=("msp", "odin")), "Unknown open-set scores"),
         (dict(scores=("knn",)), "feature_layer"),
         (dict(every=0), "every must be"),
+        (dict(log_metrics=("auroc", "auc")), r"log_metrics must be 'all' or names from .*\['auc'\]"),
         (dict(predictions="knn"), "predictions='knn'.*feature_layer"),
         (dict(predictions="probe"), "predictions must be one of"),
     ],

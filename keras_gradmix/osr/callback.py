@@ -13,6 +13,8 @@ from keras_gradmix.osr.plots import plot_open_set
 from keras_gradmix.transform import MASKING_METRICS
 
 METRICS = ("accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "oscr")
+CCRS = tuple(f"ccr_fpr{100 * f:g}" for f in FPRS)
+HEADLINE = ("auroc", "oscr")  # logged by default: one line of verbose=2 stays readable
 
 
 class OpenSetEvaluation(keras.callbacks.Callback):
@@ -20,9 +22,10 @@ class OpenSetEvaluation(keras.callbacks.Callback):
 
     Every ``every`` epochs, for each score, the logs get
     ``f"{prefix}{metric}_{score}"`` (e.g. ``val_osr_auroc_mls``) for the
-    metrics ``accuracy, auroc, aupr_in, aupr_out, fpr95, oscr`` and the
-    correct classification rate at 1, 5 and 10 % of unknowns accepted
-    (``ccr_fpr1``, ``ccr_fpr5``, ``ccr_fpr10``), so they show
+    ``log_metrics`` (by default ``auroc`` and ``oscr``; ``"all"`` adds
+    ``accuracy, aupr_in, aupr_out, fpr95`` and the correct classification
+    rate at 1, 5 and 10 % of unknowns accepted, ``ccr_fpr1``, ``ccr_fpr5``,
+    ``ccr_fpr10``), so they show
     in ``History``, the progress bar, ``CSVLogger`` and TensorBoard, and can
     drive ``ModelCheckpoint``/``EarlyStopping`` — list this callback *before*
     those. Epochs it skips (``every > 1``) have no such keys; ``CSVLogger``
@@ -37,9 +40,12 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             feature scores (``knn, knn_relative, mahalanobis, react, ash,
             scale, vim``; fitted once per evaluation on ``train_data``).
         every: evaluate after every ``every``-th epoch (and not otherwise).
-        csv_path: optional CSV file; one row per (epoch, score) is appended,
-            with the epoch's ``gradmix_masked, gradmix_flat, gradmix_area``
-            (empty for a plain model).
+        log_metrics: the metrics written into the logs, a tuple of the
+            names above or ``"all"``. ``history`` and ``csv_path`` always
+            get every metric.
+        csv_path: optional CSV file; one row per (epoch, score) is appended
+            with every metric and the epoch's ``gradmix_masked,
+            gradmix_flat, gradmix_area`` (empty for a plain model).
         plot_dir: optional folder for ``osr_epoch_001.png``, ...: ROC curves
             and known/unknown score histograms.
         train_data: known-class training samples ``(x, y)``, needed by the
@@ -69,9 +75,16 @@ class OpenSetEvaluation(keras.callbacks.Callback):
                  temperature: float = 1.0, prefix: str = "val_osr_", batch_size: int = 256,
                  predictions: str = "logits", score_options: dict | None = None,
                  decision: OpenSetClassifier | None = None, held_out=None,
-                 decision_path: str | None = None):
+                 decision_path: str | None = None, log_metrics=HEADLINE):
         super().__init__()
         self.scores = check_scores(scores, feature_layer, train_data, predictions)
+        every_metric = (*METRICS, *CCRS)
+        log_metrics = every_metric if log_metrics == "all" else tuple(log_metrics)
+        unknown = [m for m in log_metrics if m not in every_metric]
+        if unknown:
+            raise ValueError(f"log_metrics must be 'all' or names from {every_metric}; "
+                             f"got {unknown}.")
+        self.log_metrics = log_metrics
         if int(every) != every or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}.")
         self.known_data, self.unknown_data, self.train_data = known_data, unknown_data, train_data
@@ -117,7 +130,7 @@ class OpenSetEvaluation(keras.callbacks.Callback):
         masking = {k: float(logs[k]) for k in MASKING_METRICS if logs and k in logs}
         for name, metrics in results.items():
             for metric, value in metrics.items():
-                if logs is not None and (metric in METRICS or metric.startswith("ccr_")):
+                if logs is not None and metric in self.log_metrics:
                     logs[f"{self.prefix}{metric}_{name}"] = value
             self.history.append({"epoch": epoch + 1, "score": name, **metrics, **masking})
         if self.decision is not None:
@@ -137,7 +150,7 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             os.makedirs(directory, exist_ok=True)
         with open(self.csv_path, "a", newline="") as f:
             writer = csv.writer(f)
-            columns = [*METRICS, *(f"ccr_fpr{100 * f:g}" for f in FPRS)]
+            columns = [*METRICS, *CCRS]
             if new:
                 writer.writerow(["epoch", "score", *columns, *MASKING_METRICS])
             done = [f"{masking[m]:.6f}" if m in masking else "" for m in MASKING_METRICS]
