@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from baselines import CutMix, ReferenceStyle  # noqa: E402
-from timing import interleaved, summary  # noqa: E402
+from timing import interleaved, machine, summary  # noqa: E402
 
 from keras_gradmix import GradMixModel  # noqa: E402
 from keras_gradmix.zoo import resnet18, small_cnn  # noqa: E402
@@ -315,18 +315,6 @@ def load(path: Path) -> tuple[dict, dict]:
         return ({f"tensorflow/{k}": v for k, v in stored["results"].items()},
                 {"tensorflow": stored["meta"]})
     return stored["results"], stored["runs"]
-
-
-def machine():
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs"
 
 
 def main(argv=None):

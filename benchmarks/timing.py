@@ -6,8 +6,11 @@ both use it.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -51,3 +54,16 @@ def ratios(median: dict) -> dict:
     if "attribute" in median:
         out["attribute_over_forward"] = median["attribute"] / median["forward"]
     return out
+
+
+def machine() -> str:
+    """Architecture, CPU model and logical CPU count, for result files."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs"

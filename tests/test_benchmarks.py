@@ -154,6 +154,19 @@ def test_torch_compile_smoke(tmp_path):
     assert "does not run under jit_compile=True" in saved["gradmix"]
 
 
+def test_torch_threads_smoke(tmp_path):
+    import torch_threads
+
+    results = torch_threads.main(["--smoke", "--out", str(tmp_path)])
+    cells = results["cells"]
+    assert sorted(cells) == ["load0/threads-1/gradmix", "load0/threads-1/plain",
+                             "load0/threads-default/gradmix", "load0/threads-default/plain"]
+    assert cells["load0/threads-1/gradmix"]["threads"] == 1
+    assert all(len(c["epoch_s"]) == 1 and c["median_s"] > 0 for c in cells.values())  # 2 epochs, 1 kept
+    text = (tmp_path / "torch_threads.md").read_text()
+    assert "`python benchmarks/torch_threads.py --smoke --out" in text and "| 0 busy | 1 (1) |" in text
+
+
 def test_attribution_control_smoke_reports_paired_contrasts_and_resumes(tmp_path):
     import attribution_control
 
