@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from keras_gradmix.model import GradMixModel, backend_step
+from keras_gradmix.model import GradMixModel
+from keras_gradmix.steps import backend_step
 
 
 def attribution_maps(

@@ -26,7 +26,8 @@ from keras import ops
 from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
 from keras_gradmix.objectives import Classification, attributed_output
-from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, spatial_candidates
+from keras_gradmix.steps import backend_step
+from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, pick_layer, spatial_candidates
 
 logger = logging.getLogger("keras_gradmix")
 
@@ -80,6 +81,13 @@ def checked_layer_maps(gm, x, y) -> list:
             f"halving of the resolution in the model halves the map).") from None
 
 
+def shape_choice(gm, x) -> str:
+    """What ``layer=None`` resolves to without looking at maps (a custom loop's
+    first step): the last spatial map of ``x``'s forward, not stored."""
+    _, tap = spatial_layers(gm, x)
+    return pick_layer(tap, x.shape[1:3], gm.model.name, gm.options)
+
+
 def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
     """The candidate layers with genuine spatial maps of ``x`` (call order),
     and the tap that recorded them."""
@@ -91,14 +99,7 @@ def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
 
 def layer_maps(gm, x, y, paths) -> list:
     """Each layer's own attribution maps of the batch ``x``, inference mode."""
-    from keras_gradmix.model import backend_step
-
-    layer = gm.layer
-    gm.layer = list(paths)
-    try:
-        activations, gradients = backend_step().attribute(gm, x, y)
-    finally:
-        gm.layer = layer
+    activations, gradients = backend_step().attribute(gm, x, y, list(paths))
     size = x.shape[1:3]
     method = METHODS[gm.options.attribution]
     return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]

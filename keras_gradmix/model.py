@@ -20,6 +20,7 @@ from keras_gradmix.config import GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, raise_if_bad
 from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
 from keras_gradmix.objectives import Classification, Objective
+from keras_gradmix.steps import backend_step
 from keras_gradmix.tap import (
     LayerTap,
     candidate_layers,
@@ -298,11 +299,9 @@ class GradMixModel(keras.Model):
         the training RNG.
         """
         images = self.objective.prepare_inputs(images)
-        layer = self.layer
-        try:
-            activations, gradients = backend_step().attribute(self, images, labels)
-        finally:
-            self.layer = layer  # layer=None stays unresolved until training
+        # layer=None stays unresolved until training: this look resolves it for itself.
+        paths = self.layer_paths or [inspection.shape_choice(self, images)]
+        activations, gradients = backend_step().attribute(self, images, labels, paths)
         return self.masked_batch(images, activations, gradients, seed=keras.random.SeedGenerator(seed))
 
     # The backend steps call the hooks below, in this order.
@@ -315,21 +314,21 @@ class GradMixModel(keras.Model):
         if not self.model.built:
             self.model(keras.KerasTensor((None, *x.shape[1:]), dtype=x.dtype))
 
-    def tap(self, on_output=None) -> LayerTap:
-        """A :class:`LayerTap` on the attributed layers (while ``layer=None``
-        is unresolved, on every candidate layer)."""
-        paths = self.layer_paths
+    def tap(self, on_output=None, paths=None) -> LayerTap:
+        """A :class:`LayerTap` on ``paths``, by default the attributed layers
+        (while ``layer=None`` is unresolved, every candidate layer)."""
+        paths = paths or self.layer_paths
         if paths is None:
             return LayerTap(candidate_layers(self.model), on_output)
         return LayerTap({p: resolve_layer(self.model, p) for p in paths}, on_output)
 
-    def tapped_activations(self, tap: LayerTap, image_size) -> list:
-        """The attributed layers' outputs from one clean forward, checked
-        (without :meth:`inspect_batch`, the first one resolves ``layer=None``
-        to the last spatial map)."""
-        if self.layer is None:
+    def tapped_activations(self, tap: LayerTap, image_size, paths=None) -> list:
+        """The outputs of ``paths`` (by default the attributed layers) from one
+        clean forward, checked (without :meth:`inspect_batch`, the first one
+        resolves ``layer=None`` to the last spatial map)."""
+        if paths is None and self.layer is None:
             self.layer = pick_layer(tap, image_size, self.model.name, self.options)
-        return tapped_outputs(tap, self.layer_paths, self.model.name, image_size, self.options)
+        return tapped_outputs(tap, paths or self.layer_paths, self.model.name, image_size, self.options)
 
     def feature_maps(self, tensors, image_size) -> list:
         """4-D maps as they are, transformer tokens on their patch grid."""
@@ -348,7 +347,7 @@ class GradMixModel(keras.Model):
     @property
     def needs_clean_loss(self) -> bool:
         """Whether the step computes the clean batch's loss."""
-        return self.options.mode == "paired" or self.options.target == "loss"
+        return self.options.mode == "paired" or self.objective.score_needs_loss(self.options)
 
     @property
     def guard_variables(self):
@@ -432,19 +431,3 @@ class GradMixModel(keras.Model):
 
     def check_images(self, x):
         check_image_batch(x)
-
-def backend_step():
-    """The backend's step module: the only code that differentiates."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from keras_gradmix.steps import tensorflow as step
-    elif backend == "jax":
-        from keras_gradmix.steps import jax as step
-    elif backend == "torch":
-        from keras_gradmix.steps import torch as step
-    else:
-        raise NotImplementedError(
-            f"GradMixModel trains with the TensorFlow, JAX or PyTorch backend; "
-            f"KERAS_BACKEND is {backend!r}."
-        )
-    return step

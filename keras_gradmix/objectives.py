@@ -50,6 +50,11 @@ class Objective:
         """Scalar whose gradient w.r.t. the attributed layers gives the maps."""
         raise NotImplementedError
 
+    def score_needs_loss(self, options) -> bool:
+        """Whether :meth:`attribution_score` reads the clean loss (then the
+        steps compute it, also for an attribution in inference mode)."""
+        return isinstance(options.target, str) and options.target == "loss"
+
     def label_problem(self, trainer, y, y_pred):
         """``(labels, bad)``: labels safe to compute the loss with, and a bool
         scalar, whether some label is outside the model's classes (the step

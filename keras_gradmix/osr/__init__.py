@@ -23,16 +23,13 @@ from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
 from keras_gradmix.osr.ood import OOD_METRICS, evaluate_ood
 from keras_gradmix.osr.plots import plot_open_set
 from keras_gradmix.osr.probe import knn_predict, linear_probe
-from keras_gradmix.osr.scorers import SCORERS, Scorer, make_scorer
+from keras_gradmix.osr.scorers import SCORERS, Scorer, knn, knn_relative, mahalanobis, make_scorer
 from keras_gradmix.osr.scores import (
     LOGIT_SCORES,
     energy,
     entropy,
     gen,
-    knn,
     knn_class_scores,
-    knn_relative,
-    mahalanobis,
     mls,
     msp,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_gradmix.osr.scorers import features_2d, unit
+from keras_gradmix.osr.scores import features_2d, unit
 from keras_gradmix.osr.scores import knn_class_scores
 
 

@@ -34,19 +34,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-
-def features_2d(name, features) -> np.ndarray:
-    """``(N, D)`` float64 features; a 4-D feature map is averaged over space."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim == 4:
-        features = features.mean(axis=(1, 2))
-    if features.ndim != 2:
-        raise ValueError(f"{name} must be (samples, dims) features, got shape {features.shape}.")
-    return features
-
-
-def unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from keras_gradmix.osr.scores import features_2d, knn_class_scores, unit
 
 
 def _percentile(name, value):
@@ -140,8 +128,6 @@ class KNNRelative(Scorer):
         self.train, self.labels = unit(train), labels
 
     def class_scores(self, features):
-        from keras_gradmix.osr.scores import knn_class_scores
-
         return knn_class_scores(features, self.train, self.labels, self.k)
 
     def _score(self, features):
@@ -275,3 +261,25 @@ def make_scorer(name: str, **options) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"Unknown feature score {name!r}; choose from {tuple(SCORERS)}.")
     return SCORERS[name](**options)
+
+
+def _fitted(name, features, train_features, train_labels=None, head=None, **options):
+    return make_scorer(name, **options).fit(train_features, train_labels, head)(features)
+
+
+def knn(features, train_features, train_labels=None, k: int = 50) -> np.ndarray:
+    """Sun et al. 2022: minus the distance to the ``k``-th nearest L2-normalised
+    training feature (fits and applies :class:`~keras_gradmix.osr.scorers.KNN`)."""
+    return _fitted("knn", features, train_features, train_labels, k=k)
+
+
+def knn_relative(features, train_features, train_labels, k: int = 3) -> np.ndarray:
+    """The GradMix authors' kNN score, ``max_c s_c / sum_c' s_c'`` (see
+    :class:`~keras_gradmix.osr.scorers.KNNRelative`)."""
+    return _fitted("knn_relative", features, train_features, train_labels, k=k)
+
+
+def mahalanobis(features, train_features, train_labels) -> np.ndarray:
+    """``max_c -(f - mu_c)^T S^-1 (f - mu_c)`` (Lee et al. 2018; see
+    :class:`~keras_gradmix.osr.scorers.Mahalanobis`)."""
+    return _fitted("mahalanobis", features, train_features, train_labels)

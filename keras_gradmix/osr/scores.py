@@ -1,9 +1,9 @@
 """Open-set score functions, higher = "more likely known". NumPy in, NumPy out.
 
 From logits ``z`` (N, C), plain functions: :func:`msp`, :func:`mls`,
-:func:`energy`, :func:`entropy`, :func:`gen`. Scores of features are fitted
-once on training features (:mod:`keras_gradmix.osr.scorers`); :func:`knn`,
-:func:`knn_relative` and :func:`mahalanobis` here fit and apply in one call.
+:func:`energy`, :func:`entropy`, :func:`gen`; and the feature helpers the
+fitted scores of :mod:`keras_gradmix.osr.scorers` and the k-NN predictions
+share (:func:`features_2d`, :func:`unit`, :func:`knn_class_scores`).
 """
 
 from __future__ import annotations
@@ -51,11 +51,23 @@ def gen(logits, gamma: float = 0.1, m: int = 100) -> np.ndarray:
     return -np.sum(top**gamma * (1.0 - top) ** gamma, axis=1)
 
 
+def features_2d(name, features) -> np.ndarray:
+    """``(N, D)`` float64 features; a 4-D feature map is averaged over space."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim == 4:
+        features = features.mean(axis=(1, 2))
+    if features.ndim != 2:
+        raise ValueError(f"{name} must be (samples, dims) features, got shape {features.shape}.")
+    return features
+
+
+def unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def knn_class_scores(features, train_features, train_labels, k: int = 3, chunk: int = 1024):
     """Per class, the sum of the top-``k`` cosine similarities to that class's
     training features: ``(N, C)``, classes in sorted label order."""
-    from keras_gradmix.osr.scorers import features_2d, unit
-
     if int(k) != k or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}.")
     test = unit(features_2d("features", features))
@@ -75,30 +87,6 @@ def knn_class_scores(features, train_features, train_labels, k: int = 3, chunk: 
             top = np.partition(sims, sims.shape[1] - kk, axis=1)[:, -kk:]
             out[start : start + chunk, j] = top.sum(axis=1)
     return out
-
-
-def _fitted(name, features, train_features, train_labels=None, head=None, **options):
-    from keras_gradmix.osr.scorers import make_scorer
-
-    return make_scorer(name, **options).fit(train_features, train_labels, head)(features)
-
-
-def knn(features, train_features, train_labels=None, k: int = 50) -> np.ndarray:
-    """Sun et al. 2022: minus the distance to the ``k``-th nearest L2-normalised
-    training feature (fits and applies :class:`~keras_gradmix.osr.scorers.KNN`)."""
-    return _fitted("knn", features, train_features, train_labels, k=k)
-
-
-def knn_relative(features, train_features, train_labels, k: int = 3) -> np.ndarray:
-    """The GradMix authors' kNN score, ``max_c s_c / sum_c' s_c'`` (see
-    :class:`~keras_gradmix.osr.scorers.KNNRelative`)."""
-    return _fitted("knn_relative", features, train_features, train_labels, k=k)
-
-
-def mahalanobis(features, train_features, train_labels) -> np.ndarray:
-    """``max_c -(f - mu_c)^T S^-1 (f - mu_c)`` (Lee et al. 2018; see
-    :class:`~keras_gradmix.osr.scorers.Mahalanobis`)."""
-    return _fitted("mahalanobis", features, train_features, train_labels)
 
 
 LOGIT_SCORES = {"msp": msp, "mls": mls, "energy": energy, "entropy": entropy, "gen": gen}

@@ -51,7 +51,7 @@ def _forward(gm, state, x, training, tap=None):
     return y_pred, losses, _current(scope, state)
 
 
-def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
+def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=None):
     """Clean forward; gradients of the score w.r.t. the attributed layers.
 
     Runs inside a ``StatelessScope`` holding the current variable values.
@@ -64,9 +64,9 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
         # and its losses leave jax.vjp as auxiliary values.
         perturb = iter(eps) if eps is not None else None
         on_output = None if perturb is None else (lambda out: out + next(perturb))
-        with gm.tap(on_output=on_output) as tap:
+        with gm.tap(on_output=on_output, paths=paths) as tap:
             y_pred, losses, updated = _forward(gm, state, x, training)
-        activations = gm.tapped_activations(tap, x.shape[1:3])
+        activations = gm.tapped_activations(tap, x.shape[1:3], paths)
         return (y_pred, activations), (updated, losses)
 
     # The shapes of the perturbations, from an abstract evaluation (no compute).
@@ -84,7 +84,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     clean_loss = loss_of(y_pred) if need_loss else None
 
     def score(y_pred):
-        return gm.attribution_score(y, y_pred, loss_of(y_pred) if gm.options.target == "loss" else None)
+        return gm.attribution_score(y, y_pred, loss_of(y_pred) if gm.objective.score_needs_loss(gm.options) else None)
 
     # Gradients w.r.t. the activations only: a pullback from the output to the
     # attributed layers; nothing reaches the parameters (stop_gradient below).
@@ -95,14 +95,16 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     return y_pred, clean_loss, activations, gradients
 
 
-def attribute(gm, x, y):
-    """Activations and score gradients of the attributed layers, inference mode."""
+def attribute(gm, x, y, paths=None):
+    """Activations and score gradients of ``paths`` (by default the attributed
+    layers), inference mode."""
     x = jax.numpy.asarray(x)
     gm.check_step_ready(x, training=False)
     state = gm.trainable_variables + gm.non_trainable_variables
     with keras.StatelessScope(state_mapping=[(v, v.value) for v in state]):
         _, _, activations, gradients = _forward_and_attribute(
-            gm, x, y, None, training=False, need_loss=gm.options.target == "loss"
+            gm, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
+            paths=paths,
         )
     return activations, gradients
 

@@ -16,14 +16,14 @@ import tensorflow as tf
 from keras_gradmix import compat, guard
 
 
-def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
+def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss, paths=None):
     """Clean forward under ``tape``; gradients of the score w.r.t. the layers.
 
     Returns ``(y_pred, clean_loss or None, activations, gradients)``.
     """
-    with gm.tap(on_output=tape.watch) as tap:
+    with gm.tap(on_output=tape.watch, paths=paths) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap, x.shape[1:3])
+    activations = gm.tapped_activations(tap, x.shape[1:3], paths)
     clean_loss = None
     if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
@@ -35,13 +35,15 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss):
     return y_pred, clean_loss, activations, gradients
 
 
-def attribute(gm, x, y):
-    """Activations and score gradients of the attributed layers, inference mode."""
+def attribute(gm, x, y, paths=None):
+    """Activations and score gradients of ``paths`` (by default the attributed
+    layers), inference mode."""
     x = tf.convert_to_tensor(x)
     gm.check_step_ready(x, training=False)
     with tf.GradientTape() as tape:
         _, _, activations, gradients = _forward_and_attribute(
-            gm, tape, x, y, None, training=False, need_loss=gm.options.target == "loss"
+            gm, tape, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
+            paths=paths,
         )
     return activations, gradients
 

@@ -23,15 +23,15 @@ def _require_grad(output):
     return output if output.requires_grad else output.requires_grad_()
 
 
-def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
+def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=None):
     """Clean forward; gradients of the score w.r.t. the attributed layers.
 
     Returns ``(y_pred, clean_loss or None, activations, gradients)``; the
     graph of ``y_pred`` and ``clean_loss`` is kept.
     """
-    with gm.tap(on_output=_require_grad) as tap:
+    with gm.tap(on_output=_require_grad, paths=paths) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap, x.shape[1:3])
+    activations = gm.tapped_activations(tap, x.shape[1:3], paths)
     clean_loss = None
     if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
@@ -42,12 +42,14 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss):
     return y_pred, clean_loss, activations, list(gradients)
 
 
-def attribute(gm, x, y):
-    """Activations and score gradients of the attributed layers, inference mode."""
+def attribute(gm, x, y, paths=None):
+    """Activations and score gradients of ``paths`` (by default the attributed
+    layers), inference mode."""
     x = keras.ops.convert_to_tensor(x)
     gm.check_step_ready(x, training=False)
     _, _, activations, gradients = _forward_and_attribute(
-        gm, x, y, None, training=False, need_loss=gm.options.target == "loss"
+        gm, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
+            paths=paths,
     )
     return activations, gradients
 
