@@ -6,7 +6,7 @@ lean CNN (``keras_gradmix.zoo.lean_cnn``) trained with cross-entropy for 40
 epochs (Adam 1e-3, cosine decay to 0, batch 128) on 2,000 images per known
 class, scored on every known- and unknown-class test image with the max logit
 (MLS) and Sun et al.'s kNN on the GAP features. Cells (``CELLS``) change one
-thing of the paper's configuration (``keras_gradmix.experiments.GRADMIX``):
+thing of the paper's configuration (``common.GRADMIX``):
 ``placement`` (``"peak"``, ``"random"``, ``"low"``) and ``masked_as``
 (``"positive"``, ``"outlier"``: trained toward the uniform distribution with
 ``outlier_weight`` 0.5). Every run is paired with plain on the same split and
@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     GRADMIX,
     cached_run,
     machine,
@@ -45,7 +45,8 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import paired_cells, paired_differences, to_markdown  # noqa: E402
+from common import paired_cells, paired_differences  # noqa: E402
+from keras_gradmix.tables import to_markdown  # noqa: E402
 
 # Cell -> (file name, method, options changed from GRADMIX).
 CELLS = {

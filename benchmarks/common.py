@@ -1,4 +1,4 @@
-"""What the example studies share: the methods' training recipes, resumable
+"""What the studies in benchmarks/ share: the methods' training recipes, resumable
 per-run results and run metadata. TensorFlow (tf.data) is needed here.
 
 ``train(method, ...)`` trains :func:`keras_gradmix.zoo.lean_cnn` with one of
@@ -14,17 +14,17 @@ per-run results and run metadata. TensorFlow (tf.data) is needed here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import time
+from typing import Mapping, Sequence
 
 import keras
 import numpy as np
 
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel
-from keras_gradmix.data import OSRData, load_arrays, load_osr_split, osr_classes, two_views
+from keras_gradmix.data import load_arrays, osr_classes, two_views
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.zoo import lean_cnn
 
@@ -177,22 +177,68 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
 
 
-@contextlib.contextmanager
-def cifar10_split(args):
-    """The CIFAR-10 open-set split ``args.split``, as ``(data, evaluation,
-    steps, steps_per_epoch)``: ``data`` from :func:`load_osr_split`,
-    ``evaluation`` the same three datasets for the evaluation callbacks,
-    ``steps`` for ``fit`` (None: whole epochs). With ``args.smoke``: tfds mock
-    data (offline), width 8, batch 16, one epoch of 2 steps, evaluation on 2
-    batches after every epoch (``args`` is updated)."""
-    steps, mock = None, contextlib.nullcontext()
-    if args.smoke:
-        import tensorflow_datasets as tfds
+# ------------------------------------------------- paired statistics
+def mean_std(rows: Sequence[Mapping], by: Sequence[str], values: Sequence[str]) -> list[dict]:
+    """One row per distinct ``by`` combination (first-seen order): the ``by``
+    keys, ``runs`` (rows in the group), and per value ``v`` its mean ``v`` and
+    population standard deviation ``v_std``."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        row = dict(zip(by, key), runs=len(members))
+        for value in values:
+            numbers = np.array([m[value] for m in members], dtype=np.float64)
+            row[value], row[f"{value}_std"] = float(numbers.mean()), float(numbers.std())
+        out.append(row)
+    return out
 
-        mock = tfds.testing.mock_data(num_examples=64)
-        args.epochs, args.width, args.batch_size, args.eval_every, steps = 1, 8, 16, 1, 2
-    with mock:
-        data = load_osr_split("cifar10", args.split, batch_size=args.batch_size,
-                              data_dir=args.data_dir)
-        evaluation = OSRData(*(d.take(2) for d in data)) if args.smoke else data
-        yield data, evaluation, steps, steps or sum(1 for _ in data.known_train)
+
+def paired_differences(rows: Sequence[Mapping], value: str, baseline: str, by: str = "method",
+                       pair: Sequence[str] = ("split", "seed"), confidence: float = 0.95) -> list[dict]:
+    """Each group's per-pair difference to ``baseline`` on the same ``pair``
+    keys (e.g. the same split and seed): ``value(group) - value(baseline)``.
+
+    One row per group other than the baseline (first-seen order): ``by``,
+    ``pairs`` (pairs found in both), ``diff`` (mean difference), ``ci_low`` and
+    ``ci_high`` (a t-interval at ``confidence`` over the pairs: mean ±
+    t(n-1) · sd / sqrt(n), sd with n - 1; None for fewer than two pairs) and
+    ``wins`` (pairs where the group is higher).
+
+    Examples:
+        >>> rows = [{"method": m, "split": 0, "seed": s, "auroc": a} for m, s, a in
+        ...         [("plain", 0, .60), ("plain", 1, .62), ("gm", 0, .63), ("gm", 1, .64)]]
+        >>> [round(r["diff"], 3) for r in paired_differences(rows, "auroc", "plain")]
+        [0.025]
+    """
+    from scipy import stats
+
+    def key(row):
+        return tuple(row[k] for k in pair)
+
+    base = {key(r): r[value] for r in rows if r[by] == baseline}
+    out = []
+    for group in dict.fromkeys(r[by] for r in rows if r[by] != baseline):
+        diffs = np.array([r[value] - base[key(r)] for r in rows
+                          if r[by] == group and key(r) in base], dtype=np.float64)
+        row = {by: group, "pairs": len(diffs), "diff": float(diffs.mean()) if len(diffs) else None,
+               "ci_low": None, "ci_high": None, "wins": int((diffs > 0).sum())}
+        if len(diffs) >= 2:
+            half = stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+            row["ci_low"], row["ci_high"] = float(diffs.mean() - half), float(diffs.mean() + half)
+        out.append(row)
+    return out
+
+
+def paired_cells(row: Mapping) -> dict:
+    """Table cells of one :func:`paired_differences` row: ``pairs``, ``mean
+    difference``, ``95 % CI`` (``[low, high]``, "–" under two pairs), ``wins``.
+
+    Examples:
+        >>> paired_cells({"pairs": 3, "diff": 1.5, "ci_low": -0.25, "ci_high": 3.25, "wins": 2})
+        {'pairs': 3, 'mean difference': '+1.50', '95 % CI': '[-0.25, +3.25]', 'wins': '2/3'}
+    """
+    interval = "–" if row["ci_low"] is None else f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    return {"pairs": row["pairs"], "mean difference": f"{row['diff']:+.2f}", "95 % CI": interval,
+            "wins": f"{row['wins']}/{row['pairs']}"}

@@ -18,8 +18,8 @@ scored by MLS and the same kNN, as the reference the recipe should approach.
 One JSON per run in --out (method, epochs, temperature, split, seed); finished
 runs are skipped, so a study interrupted on one machine resumes on another.
 
-    python examples/contrastive_budget.py --probe --epochs-grid 20,60 --temperatures 0.1,0.5
-    python examples/contrastive_budget.py --epochs 60 --temperature 0.1 --splits 0,1 --seeds 0,1
+    python benchmarks/contrastive_budget.py --probe --epochs-grid 20,60 --temperatures 0.1,0.5
+    python benchmarks/contrastive_budget.py --epochs 60 --temperature 0.1 --splits 0,1 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     CONTRASTIVE,
     cached_run,
     machine,
@@ -44,7 +44,8 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
+from common import mean_std, paired_cells, paired_differences  # noqa: E402
+from keras_gradmix.tables import to_markdown  # noqa: E402
 
 ENCODER_SCORES = ("knn", "knn_relative")
 CLASSIFIER_SCORES = ("mls", "knn")
@@ -179,7 +180,7 @@ def main(argv=None):
                     f"{method} {epochs} epochs T={temperature} split {split} seed {seed}",
                     lambda: run_one(data, method, split, seed, epochs, temperature, args.batch_size)))
     rows = flatten(runs)
-    meta = {"command": " ".join(["python examples/contrastive_budget.py",
+    meta = {"command": " ".join(["python benchmarks/contrastive_budget.py",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "splits": splits, "seeds": seeds,
             "train_per_class": args.train_per_class, "batch_size": args.batch_size,

@@ -8,7 +8,7 @@ the model. One JSON per run (method x split x seed) lands in --out; finished
 runs found there are skipped, so an interrupted benchmark resumes. A Markdown
 summary (mean +- std over splits x seeds) is written to --summary.
 
-    python examples/osr_benchmark.py --dataset fashion_mnist --splits 0,1,2,3,4 \\
+    python benchmarks/osr_benchmark.py --dataset fashion_mnist --splits 0,1,2,3,4 \\
         --seeds 0,1,2 --epochs 6 --summary docs/results/fashion_mnist_osr.md
 """
 
@@ -26,7 +26,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.data import load_osr_split, osr_classes  # noqa: E402
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     CONTRASTIVE,
     GRADMIX,
     METHODS,
@@ -36,7 +36,8 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
+from common import mean_std, paired_cells, paired_differences  # noqa: E402
+from keras_gradmix.tables import to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")
 # Post-hoc scores of today's standard (OpenOOD), fitted on the GAP features.
@@ -182,7 +183,7 @@ def main(argv=None):
                     lambda: run_one(args.dataset, method, split, seed, args.epochs,
                                     args.batch_size, args.data_dir, args.verbose)))
 
-    command = " ".join(["python examples/osr_benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python benchmarks/osr_benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     if args.from_json:
         trained = stored["meta"]["command"].split("` (trained)")[0]
         command = f"{trained}` (trained); summarised by `{command}"

@@ -19,7 +19,7 @@ Offline. One JSON per (method, seed) lands in --out; finished runs found there
 are skipped, so an interrupted benchmark resumes. Writes two summaries
 (Markdown + JSON; the OOD rows also as CSV):
 
-    python examples/robustness_benchmark.py --seeds 0,1,2 --epochs 6 \\
+    python benchmarks/robustness_benchmark.py --seeds 0,1,2 --epochs 6 \\
         --ood-summary docs/results/fashion_mnist_ood.md \\
         --corruption-summary docs/results/fashion_mnist_corruptions.md
 """
@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from keras_gradmix.data import load_arrays, permuted_pixels, uniform_noise  # noqa: E402
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     GRADMIX,
     cached_run,
     machine,
@@ -50,13 +50,8 @@ from keras_gradmix.experiments import (  # noqa: E402
 )
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
-from keras_gradmix.tables import (  # noqa: E402
-    mean_std,
-    paired_cells,
-    paired_differences,
-    to_csv,
-    to_markdown,
-)
+from keras_gradmix.tables import to_csv, to_markdown  # noqa: E402
+from common import mean_std, paired_cells, paired_differences  # noqa: E402
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix")
 OOD_SETS = ("mnist", "uniform_noise", "permuted_pixels", "far (mean)")
@@ -212,7 +207,7 @@ def main(argv=None):
             for seed in seeds for method in methods]
 
     meta = {
-        "command": " ".join(["python examples/robustness_benchmark.py",
+        "command": " ".join(["python benchmarks/robustness_benchmark.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "methods": methods, "seeds": seeds, "epochs": epochs,
         "train_images": len(data["train"][0]), "test_images": len(data["test"][0]),

@@ -5,7 +5,7 @@ trained with cross-entropy under one schedule (Adam 1e-3, cosine decay to 0,
 batch 128) on ``--train-per-class`` images of each known class, then scored on
 all known- and unknown-class test images (MLS, MSP). Cells: plain, CutMix and
 MixUp (Keras' layers in tf.data), the paper's GradMix configuration
-(``keras_gradmix.experiments.GRADMIX``: LayerCAM on the last two stages, noise
+(``common.GRADMIX``: LayerCAM on the last two stages, noise
 boxes of 10-50 % at the peak, paired, label target) and one change of it per
 cell (``FACTORS``). Every run is paired with plain on the same split and seed:
 the summary reports the per-pair difference (mean, 95 % t-interval, wins).
@@ -15,8 +15,8 @@ skipped, so a study interrupted on one machine resumes on another from the
 committed files. ``--probe`` instead trains plain at several epoch counts to
 find where it has converged.
 
-    python examples/sensitivity_study.py --probe 10,20,40,60 --splits 0,1 --seeds 0
-    python examples/sensitivity_study.py --epochs 40 --splits 0,1 --seeds 0,1
+    python benchmarks/sensitivity_study.py --probe 10,20,40,60 --splits 0,1 --seeds 0
+    python benchmarks/sensitivity_study.py --epochs 40 --splits 0,1 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     GRADMIX,
     cached_run,
     machine,
@@ -42,7 +42,8 @@ from keras_gradmix.experiments import (  # noqa: E402
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
+from common import mean_std, paired_cells, paired_differences  # noqa: E402
+from keras_gradmix.tables import to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")
 METRICS = ("accuracy", "auroc", "oscr", "fpr95")
@@ -214,7 +215,7 @@ def probe(args, parser):
 
 
 def command() -> str:
-    return " ".join(["python examples/sensitivity_study.py", *sys.argv[1:]])
+    return " ".join(["python benchmarks/sensitivity_study.py", *sys.argv[1:]])
 
 
 def main(argv=None):

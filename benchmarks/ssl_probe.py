@@ -15,10 +15,10 @@ uniformly random place (``placement="random"``), so a gain of GradMix over it
 is the attribution's, not one more masked view's. Each finished run is a JSON
 file in --out, so an interrupted study resumes.
 
-    python examples/ssl_probe.py --epochs 60 --seeds 0,1,2
-    python examples/ssl_probe.py --epochs 30 --train-per-class 300 --seeds 0,1,2 \
+    python benchmarks/ssl_probe.py --epochs 60 --seeds 0,1,2
+    python benchmarks/ssl_probe.py --epochs 30 --train-per-class 300 --seeds 0,1,2 \
         --out docs/results/ssl_probe_small --summary docs/results/ssl_probe_small.md
-    python examples/ssl_probe.py --smoke --out /tmp/ssl   # seconds, mnist5k
+    python benchmarks/ssl_probe.py --smoke --out /tmp/ssl   # seconds, mnist5k
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_gradmix.data.loaders import load_arrays  # noqa: E402
-from keras_gradmix.experiments import (  # noqa: E402
+from common import (  # noqa: E402
     cached_run,
     first_per_class,
     machine,
@@ -45,7 +45,8 @@ from keras_gradmix.experiments import (  # noqa: E402
 )
 from keras_gradmix.osr.features import collect  # noqa: E402
 from keras_gradmix.osr.probe import linear_probe  # noqa: E402
-from keras_gradmix.tables import mean_std, paired_cells, paired_differences, to_markdown  # noqa: E402
+from common import mean_std, paired_cells, paired_differences  # noqa: E402
+from keras_gradmix.tables import to_markdown  # noqa: E402
 from keras_gradmix.zoo import lean_cnn  # noqa: E402
 
 
@@ -142,7 +143,7 @@ def main(argv=None):
                        f"{method} seed {seed}",
                        lambda: run_one(data, method, seed, args.epochs, args.batch_size, args.temperature))
             for seed in seeds for method in methods]
-    meta = {"command": " ".join(["python examples/ssl_probe.py",
+    meta = {"command": " ".join(["python benchmarks/ssl_probe.py",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "per_class": args.train_per_class, "epochs": args.epochs,
             "batch_size": args.batch_size, "temperature": args.temperature, "seeds": seeds,

@@ -24,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_gradmix import GradMixModel, MaskPreview  # noqa: E402
-from keras_gradmix.experiments import cifar10_split  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
 from keras_gradmix.zoo import resnet18  # noqa: E402
+from cifar_split import cifar10_split  # noqa: E402
 
 def augment(x, y):
     import tensorflow as tf  # the data pipeline only: resnet18() needs no TensorFlow

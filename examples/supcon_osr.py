@@ -25,9 +25,9 @@ import keras  # noqa: E402
 
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel  # noqa: E402
 from keras_gradmix.data import two_views  # noqa: E402
-from keras_gradmix.experiments import cifar10_split  # noqa: E402
 from keras_gradmix.osr import OpenSetEvaluation  # noqa: E402
 from keras_gradmix.zoo import resnet18  # noqa: E402
+from cifar_split import cifar10_split  # noqa: E402
 
 
 def encoder(width: int = 64, projection: int = 128) -> keras.Model:

@@ -1,8 +1,17 @@
-"""The benchmarks' shared recipes (keras_gradmix.experiments)."""
+"""What the studies share (benchmarks/common.py): recipes and paired statistics."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import tf_only
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+ROWS = [{"method": "plain", "seed": 0, "auroc": 0.5},
+        {"method": "gradmix", "seed": 0, "auroc": 0.75},
+        {"method": "plain", "seed": 1, "auroc": 0.7, "extra": "x"}]
 
 pytestmark = tf_only("the recipes build tf.data pipelines")
 
@@ -11,7 +20,7 @@ pytestmark = tf_only("the recipes build tf.data pipelines")
 def test_cutmix_and_mixup_batches_repeat_with_the_seed(method):
     import tensorflow as tf
 
-    from keras_gradmix.experiments import one_hot_batches
+    from common import one_hot_batches
 
     x = np.random.RandomState(0).rand(512, 8, 8, 1).astype("float32")
     y = np.random.RandomState(1).randint(0, 6, 512)
@@ -30,7 +39,7 @@ def test_cutmix_and_mixup_batches_repeat_with_the_seed(method):
 
 def test_open_set_arrays_keep_the_first_images_of_each_known_class():
     from keras_gradmix.data import load_arrays, osr_classes
-    from keras_gradmix.experiments import open_set_arrays
+    from common import open_set_arrays
 
     data = open_set_arrays("mnist5k", 0, per_class=3)
     known, _ = osr_classes("mnist5k", 0)
@@ -48,7 +57,7 @@ def test_open_set_arrays_keep_the_first_images_of_each_known_class():
 def test_shuffled_batches_depend_on_the_seed_alone():
     import keras
 
-    from keras_gradmix.experiments import shuffled_batches
+    from common import shuffled_batches
 
     x = np.arange(64, dtype=np.float32)[:, None]
     y = np.arange(64)
@@ -63,3 +72,46 @@ def test_shuffled_batches_depend_on_the_seed_alone():
     assert not np.array_equal(first[:64], first[64:])  # reshuffled every epoch
     assert sorted(first[:64]) == list(range(64))
     assert not np.array_equal(first, order(1, before=1))
+
+
+def test_mean_std_groups_in_first_seen_order():
+    from common import mean_std
+
+    out = mean_std(ROWS, by=["method"], values=["auroc"])
+    assert out == [{"method": "plain", "runs": 2, "auroc": pytest.approx(0.6),
+                    "auroc_std": pytest.approx(0.1)},
+                   {"method": "gradmix", "runs": 1, "auroc": 0.75, "auroc_std": 0.0}]
+
+
+def test_paired_differences_are_a_t_interval_over_matching_pairs():
+    from scipy import stats
+
+    from common import paired_differences
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split in range(3):
+        for seed in range(2):
+            base = rng.random()
+            rows.append({"method": "plain", "split": split, "seed": seed, "auroc": base})
+            rows.append({"method": "gm", "split": split, "seed": seed, "auroc": base + rng.normal(0.02, 0.01)})
+    rows.append({"method": "gm", "split": 9, "seed": 0, "auroc": 0.0})  # no plain partner: ignored
+    rows.append({"method": "solo", "split": 0, "seed": 0, "auroc": 1.0})
+    gm, solo = paired_differences(rows, "auroc", "plain")
+    a = np.array([r["auroc"] for r in rows[:12] if r["method"] == "gm"])
+    b = np.array([r["auroc"] for r in rows[:12] if r["method"] == "plain"])
+    interval = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert gm["method"] == "gm" and gm["pairs"] == 6 and gm["wins"] == int((a > b).sum())
+    assert gm["diff"] == pytest.approx((a - b).mean())
+    assert (gm["ci_low"], gm["ci_high"]) == pytest.approx((interval.low, interval.high))
+    b0 = [r["auroc"] for r in rows if r["method"] == "plain" and (r["split"], r["seed"]) == (0, 0)][0]
+    assert solo == {"method": "solo", "pairs": 1, "diff": pytest.approx(1.0 - b0),
+                    "ci_low": None, "ci_high": None, "wins": 1}
+
+
+def test_common_docstring_examples():
+    import doctest
+
+    import common
+
+    assert doctest.testmod(common).failed == 0 and doctest.testmod(common).attempted >= 2

@@ -12,6 +12,7 @@ from conftest import tf_only
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the studies
 
 pytestmark = tf_only("the examples train on tf.data: run once, with TensorFlow")
 
@@ -72,7 +73,7 @@ def test_osr_benchmark_resumes_and_writes_the_summary(tmp_path, capsys):
         "plain", "cutmix", "mixup", "gradmix", "gradmix-replace"]
     auroc = 100 * runs[3]["results"]["mls"]["auroc"]
     assert f"{auroc:.2f} ± 0.00" in rows[3]
-    assert "Command: `python examples/osr_benchmark.py --dataset mnist5k" in summary
+    assert "Command: `python benchmarks/osr_benchmark.py --dataset mnist5k" in summary
     assert "| vim |" in summary.split("AUROC (%) by score")[1].splitlines()[2]  # a column
     paired = summary.split("Paired differences to the baseline")[1]
     difference = 100 * (runs[3]["results"]["mls"]["auroc"] - runs[0]["results"]["mls"]["auroc"])
@@ -143,7 +144,7 @@ def test_robustness_benchmark_smoke_writes_both_summaries_and_resumes(tmp_path, 
     corruptions = (tmp_path / "corruptions.md").read_text()
     mean = 100 * runs[0]["corruption_mean"]
     assert f"| plain | 1 | {100 * runs[0]['accuracy']:.2f} ± 0.00 | {mean:.2f} ± 0.00 |" in corruptions
-    assert "Command: `python examples/robustness_benchmark.py --smoke" in corruptions
+    assert "Command: `python benchmarks/robustness_benchmark.py --smoke" in corruptions
     capsys.readouterr()
     again = robustness_benchmark.main(args)  # resumes: nothing is trained again
     assert capsys.readouterr().out.count("skip ") == 4
@@ -206,7 +207,7 @@ def test_ssl_probe_smoke_trains_without_labels_and_reports_paired_differences(tm
     assert f"| simclr+gradmix | 2 | {diff('simclr+gradmix', 'simclr'):+.2f} |" in text
     control = text.split("does the attribution matter?")[1]
     assert f"| {diff('simclr+gradmix', 'simclr+gradmix-random'):+.2f} |" in control
-    assert "python examples/ssl_probe.py --smoke" in text
+    assert "python benchmarks/ssl_probe.py --smoke" in text
     again = ssl_probe.main(["--smoke", "--seeds", "0,1", "--out", str(tmp_path)])  # resumes
     assert again == runs
 
@@ -231,6 +232,6 @@ def test_contrastive_budget_smoke_pairs_gradmix_with_supcon_at_the_same_budget(t
              for i in (0, 3)]
     row = [line for line in text.splitlines() if "| supcon+gradmix | AUROC (knn) |" in line]
     assert row and f"| 2 | {np.mean(diffs):+.2f} |" in row[0]
-    assert "python examples/contrastive_budget.py --smoke" in text
+    assert "python benchmarks/contrastive_budget.py --smoke" in text
     again = contrastive_budget.main(args)  # resumes from the per-run files
     assert [r["results"] for r in again] == [r["results"] for r in runs]
