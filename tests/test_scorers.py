@@ -145,3 +145,18 @@ def test_the_open_set_classifier_fits_predicts_and_round_trips(tmp_path):
 def clf_threshold(model, held_out):
     logits = model.predict(held_out[0], verbose=0)
     return fit_threshold(logits.max(axis=1), 0.9)
+
+
+@pytest.mark.parametrize("name", ["knn", "knn_relative", "mahalanobis", "react", "ash", "scale", "vim"])
+def test_every_scorer_round_trips_its_explicit_state_through_json(data, name):
+    train, labels, test, w, b = data
+    fitted = make_scorer(name).fit(train, labels, (w, b))
+    state = json.loads(json.dumps({k: v.tolist() for k, v in fitted.get_state().items()}))
+    assert set(state) == set(fitted.state) | {"head_kernel", "head_bias"}  # the head: always given here
+    restored = make_scorer(name).set_state(state)
+    np.testing.assert_array_equal(restored(test), fitted(test))
+    with pytest.raises(ValueError, match="before saving its state"):
+        make_scorer(name).get_state()
+    if fitted.state:
+        with pytest.raises(ValueError, match=f"lacks \\['{sorted(fitted.state)[0]}'\\]"):
+            make_scorer(name).set_state({k: v for k, v in state.items() if k != sorted(fitted.state)[0]})

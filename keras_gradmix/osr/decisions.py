@@ -30,7 +30,7 @@ from keras_gradmix.osr.evaluation import (
     score,
 )
 from keras_gradmix.osr.features import collect
-from keras_gradmix.osr.scorers import SCORERS
+from keras_gradmix.osr.scorers import SCORERS, make_scorer
 
 FPRS = (0.01, 0.05, 0.1)
 
@@ -138,11 +138,8 @@ class OpenSetClassifier:
                   "feature_layer": self.feature_layer, "score_options": self.score_options,
                   "threshold": self.threshold}
         if self.scorers:
-            state = vars(self.scorers[self.score])
-            config["scorer_state"] = {k: np.asarray(v).tolist() for k, v in state.items()
-                                      if isinstance(v, (np.ndarray, float, int)) and k != "fitted"}
-            if state.get("head") is not None:
-                config["scorer_state"]["head"] = [np.asarray(h).tolist() for h in state["head"]]
+            config["scorer_state"] = {key: value.tolist() for key, value in
+                                      self.scorers[self.score].get_state().items()}
         return config
 
     @classmethod
@@ -152,15 +149,7 @@ class OpenSetClassifier:
         clf = cls(**config)
         clf.threshold = threshold
         if state is not None:
-            from keras_gradmix.osr.scorers import make_scorer
-
-            scorer = make_scorer(clf.score, **clf.score_options)
-            head = state.pop("head", None)
-            for key, value in state.items():
-                setattr(scorer, key, np.asarray(value) if isinstance(value, list) else value)
-            scorer.head = None if head is None else tuple(np.asarray(h) for h in head)
-            scorer.fitted = True
-            clf.scorers = {clf.score: scorer}
+            clf.scorers = {clf.score: make_scorer(clf.score, **clf.score_options).set_state(state)}
         return clf
 
     def save(self, path: str) -> None:

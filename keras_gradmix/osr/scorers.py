@@ -54,6 +54,31 @@ class Scorer:
 
     name = ""
     needs_head = False
+    state: tuple = ()  # the attributes ``fit`` sets: what get_state saves
+
+    def get_state(self) -> dict:
+        """The fitted state, ``{name: array}`` (the head's ``W``, ``b`` as
+        ``head_kernel``, ``head_bias``): what a saved decision stores."""
+        if not getattr(self, "fitted", False):
+            raise ValueError(f"Fit the {self.name!r} scorer before saving its state.")
+        state = {key: np.asarray(getattr(self, key)) for key in self.state}
+        if self.head is not None:
+            state["head_kernel"], state["head_bias"] = self.head
+        return state
+
+    def set_state(self, state: dict) -> "Scorer":
+        """Restores :meth:`get_state`'s output; the scorer is then fitted."""
+        expected = set(self.state) | ({"head_kernel", "head_bias"} if self.needs_head else set())
+        if expected - set(state):
+            raise ValueError(f"The saved {self.name!r} state lacks {sorted(expected - set(state))}.")
+        for key in self.state:
+            value = np.asarray(state[key])
+            setattr(self, key, value.item() if value.ndim == 0 else value)
+        self.head = None
+        if "head_kernel" in state:
+            self.head = (np.asarray(state["head_kernel"], np.float64), np.asarray(state["head_bias"], np.float64))
+        self.fitted = True
+        return self
 
     def fit(self, train_features, train_labels=None, head=None) -> "Scorer":
         if self.needs_head and head is None:
@@ -90,7 +115,7 @@ class KNN(Scorer):
     all-zero feature stays zero), ``z_(k)`` the ``k``-th nearest normalised
     training feature."""
 
-    name = "knn"
+    name, state = "knn", ("train", "kk")
 
     def __init__(self, k: int = 50, chunk: int = 1024):
         self.k, self.chunk = _count("k", k), chunk
@@ -117,7 +142,7 @@ class KNNRelative(Scorer):
     Relative: a sample equally close to every class gets ``1 / C`` however far
     it is (and so does one with no similarity to any class)."""
 
-    name = "knn_relative"
+    name, state = "knn_relative", ("train", "labels")
 
     def __init__(self, k: int = 3):
         self.k = _count("k", k)
@@ -141,7 +166,7 @@ class Mahalanobis(Scorer):
     """Lee et al. 2018: ``max_c -(f - mu_c)^T S^-1 (f - mu_c)``, class means
     ``mu_c`` and one covariance ``S`` of the class-centred training features."""
 
-    name = "mahalanobis"
+    name, state = "mahalanobis", ("means", "precision")
 
     def _fit(self, train, labels):
         from sklearn.covariance import EmpiricalCovariance
@@ -163,7 +188,7 @@ class ReAct(Scorer):
     """Sun et al. 2021: energy of the logits of ``min(f, c)``, ``c`` the
     ``percentile`` of all training activations."""
 
-    name, needs_head = "react", True
+    name, needs_head, state = "react", True, ("clip",)
 
     def __init__(self, percentile: float = 90.0):
         self.percentile = _percentile("percentile", percentile)
@@ -228,7 +253,7 @@ class ViM(Scorer):
     ``dim`` defaults to half the feature dimension (the paper picks 1000 of
     2048 and 512 of 768)."""
 
-    name, needs_head = "vim", True
+    name, needs_head, state = "vim", True, ("origin", "null_space", "alpha")
 
     def __init__(self, dim: int | None = None):
         self.dim = None if dim is None else _count("dim", dim)
