@@ -12,6 +12,14 @@ handler (e.g. which layer ``layer=None`` picked, at INFO); to see it::
     import logging
     logging.basicConfig()
     logging.getLogger("keras_gradmix").setLevel(logging.INFO)
+
+References:
+    - Xu, Kao, Keuper. "Informed Mixing -- Improving Open Set Recognition via
+      Attribution-based Augmentation". arXiv 2505.12803, 2025.
+      https://arxiv.org/abs/2505.12803
+    - The authors' code: https://github.com/gawainxu/GradMix (GradMix is its
+      ``layersaliencymix``; where this package differs, see the documentation's
+      "How it works").
 """
 
 import logging as _logging

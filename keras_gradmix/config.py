@@ -11,6 +11,8 @@ import keras
 
 from keras_gradmix import attribution, masks, mixing
 
+# The documentation site, for runtime messages: a wheel user has no docs/ folder.
+DOCS = "https://keras-gradmix.github.io/keras-gradmix/"
 MODES = ("paired", "replace")
 POLICY_METHODS = ("gradmix", "cutmix", "mixup")
 BN_STATISTICS = ("clean", "all")
@@ -157,7 +159,7 @@ class GradMixConfig:
     Attributes:
         attribution: ``"layercam"`` (default since 0.2: ``sum_c A *
             ReLU(grad)``, the reference code's form; never flat where
-            Grad-CAM's maps often are, docs/results/flat_maps.md),
+            Grad-CAM's maps often are: the flat-maps result of the documentation),
             ``"gradcam"`` or ``"gradcam++"``.
         mode: ``"paired"`` (paper): ``loss = L(clean) + w * L(masked)``, with
             ``w`` the kept-area fraction per sample; ``"replace"``: train on

@@ -16,7 +16,7 @@ from keras import ops
 
 from keras_gradmix import compat, guard, inspection
 from keras_gradmix.attribution import maps_from_gradients
-from keras_gradmix.config import GradMixConfig, split_options
+from keras_gradmix.config import DOCS, GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, raise_if_bad
 from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
 from keras_gradmix.objectives import Classification, Objective
@@ -172,7 +172,8 @@ class GradMixModel(keras.Model):
             raise ValueError(
                 "GradMix does not run under jit_compile=True on the PyTorch backend: "
                 "torch.compile cannot trace the attribution gradients (and on the CPU it "
-                "made even plain Keras training slower, docs/results/torch_compile.md). Use "
+                "made even plain Keras training slower: "
+                f"{DOCS}results/torch_compile/). Use "
                 "jit_compile=False (the default on PyTorch), or XLA with TensorFlow or JAX.")
         keras.Model.jit_compile.fset(self, value)
 

@@ -13,6 +13,8 @@ import os
 import keras
 import numpy as np
 
+from keras_gradmix.extras import require
+
 COLUMNS = ("image", "attribution", "mask", "trained image")
 
 
@@ -43,6 +45,7 @@ def plot_masks(
     Examples:
         >>> plot_masks(gm, x_val[:8], y_val[:8], "masks.png")
     """
+    require("matplotlib", feature="plot_masks")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

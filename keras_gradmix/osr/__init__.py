@@ -4,7 +4,12 @@ evaluation and a callback.
 Convention: a higher score means "more likely known"; known samples are the
 positive class for AUROC, AUPR-In and FPR@95%TPR. Logit scores are plain
 functions; feature scores are fitted once (:mod:`keras_gradmix.osr.scorers`).
+Needs SciPy and scikit-learn (the ``osr`` extra).
 """
+
+from keras_gradmix.extras import require
+
+require("scipy", "sklearn", feature="keras_gradmix.osr (open-set evaluation)")
 
 from keras_gradmix.osr.callback import OpenSetEvaluation
 from keras_gradmix.osr.decisions import (

@@ -7,10 +7,13 @@ import os
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from keras_gradmix.extras import require
+
 
 def plot_open_set(known_scores: dict, unknown_scores: dict, path: str, title: str = "") -> str:
     """Writes a PNG with, per score, its ROC curve (known = positive) and the
     histograms of known and unknown scores; returns ``path``."""
+    require("matplotlib", feature="plot_open_set")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
