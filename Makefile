@@ -38,10 +38,13 @@ $(VENV)/.docs: $(VENV)/.demo
 	$(PY) -m pip install --quiet -e ".[docs]"
 	touch $@
 
+# Tests marked backend_free (pure NumPy, docs, TensorFlow-only ops) run in the
+# first pass only; --durations lists each pass's slowest tests.
 test: venv
-	@for backend in $(BACKENDS); do \
+	@skip=; for backend in $(BACKENDS); do \
 		echo "== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest -q tests || exit 1; \
+		KERAS_BACKEND=$$backend SKIP_BACKEND_FREE=$$skip $(PY) -m pytest -q --durations=15 tests || exit 1; \
+		skip=1; \
 	done
 
 test-keras-min: venv

@@ -13,6 +13,24 @@ from keras_gradmix.data import mnist_digits  # noqa: E402
 from keras_gradmix.zoo import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
 
 
+# Tests that involve no Keras backend (pure NumPy metrics, tables, docs,
+# TensorFlow-only ops) carry this mark; `make test` runs them in its first
+# backend pass only (SKIP_BACKEND_FREE=1 in the others).
+backend_free = pytest.mark.backend_free
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backend_free: involves no Keras backend; run in one pass")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("SKIP_BACKEND_FREE"):
+        return
+    kept = [item for item in items if item.get_closest_marker("backend_free") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 def to_numpy(x, dtype=None):
     """Any backend's tensor (a torch tensor that requires grad too) as NumPy."""
     return np.asarray(keras.ops.convert_to_numpy(x), dtype)

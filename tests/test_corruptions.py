@@ -4,7 +4,7 @@ distortion that grows with severity on real digits."""
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import backend_free, to_numpy
 
 from keras_gradmix.corruptions import (
     CORRUPTIONS,
@@ -36,6 +36,7 @@ def colour(digits):
     return np.concatenate([digits, 0.5 * digits + 0.25, 1 - digits], axis=-1)  # 3 channels
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_distortion_grows_with_severity_and_values_stay_in_range(name, digits, colour):
     assert len(SEVERITY_PARAMETERS[name]) == 5
@@ -49,6 +50,7 @@ def test_distortion_grows_with_severity_and_values_stay_in_range(name, digits, c
         assert ratios[-1] < 30.0  # severity 5 visibly distorts
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_deterministic_given_the_seed_and_single_images_match_batches(name, digits):
     a = np.asarray(corrupt(digits, name, 3, seed=7))
@@ -61,6 +63,7 @@ def test_deterministic_given_the_seed_and_single_images_match_batches(name, digi
         np.testing.assert_allclose(single, a[0], atol=1e-6)
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 def test_exact_values():
     x = np.zeros((1, 4, 4, 1), np.float32)
     x[0, :2] = 1.0  # mean 0.5
@@ -81,6 +84,7 @@ def test_exact_values():
     assert np.ptp(jpeg) == 0 and abs(jpeg.max() - 0.3) <= 2 / 255
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 def test_blur_kernels():
     for sigma in SEVERITY_PARAMETERS["gaussian_blur"]:
         kernel = gaussian_kernel(sigma)
@@ -104,6 +108,7 @@ def test_blur_kernels():
         assert disk_kernel(radius, alias).sum() == pytest.approx(1.0)
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 def test_noise_statistics():
     grey = np.full((64, 28, 28, 1), 0.5, np.float32)
 
@@ -124,6 +129,7 @@ def test_noise_statistics():
         assert close(np.mean(out != 0.5), amount) and close(np.mean(out == 1.0), amount / 2)
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 def test_corrupt_dataset_uses_seed_and_element_index(digits):
     import tensorflow as tf
 
@@ -142,6 +148,7 @@ def test_corrupt_dataset_uses_seed_and_element_index(digits):
     np.testing.assert_allclose(next(iter(images_only)), corrupt(digits[:16], "contrast", 1))
 
 
+@backend_free  # TensorFlow ops whatever the Keras backend
 def test_bad_input_is_named(digits):
     with pytest.raises(ValueError, match="Unknown corruption 'fog'"):
         corrupt(digits, "fog", 1)

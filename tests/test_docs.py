@@ -10,6 +10,8 @@ from conftest import tf_only
 
 from keras_gradmix import GradMixConfig
 
+pytestmark = pytest.mark.backend_free  # no backend involved: one pass of `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 

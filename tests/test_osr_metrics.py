@@ -19,6 +19,8 @@ from keras_gradmix.osr import (
     oscr,
 )
 
+pytestmark = pytest.mark.backend_free  # no backend involved: one pass of `make test`
+
 
 def test_hand_worked_example():
     # known 0.9 (correct), 0.8 (correct), 0.3 (wrong); unknown 0.2, 0.85

@@ -17,6 +17,8 @@ from keras_gradmix.osr import (
 )
 from keras_gradmix.osr.scorers import Scorer
 
+pytestmark = pytest.mark.backend_free  # no backend involved: one pass of `make test`
+
 
 @pytest.fixture
 def data():

@@ -3,7 +3,11 @@
 import csv
 import io
 
+import pytest
+
 from keras_gradmix.tables import to_csv, to_markdown
+
+pytestmark = pytest.mark.backend_free  # no backend involved: one pass of `make test`
 
 
 ROWS = [{"method": "plain", "seed": 0, "auroc": 0.5},
