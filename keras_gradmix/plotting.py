@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_gradmix.extras import require
+from keras_gradmix.model import GradMixModel
 
 COLUMNS = ("image", "attribution", "mask", "trained image")
 
@@ -127,8 +128,6 @@ class MaskPreview(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        from keras_gradmix.model import GradMixModel
-
         if not isinstance(self.model, GradMixModel):
             raise ValueError(
                 f"MaskPreview shows GradMix masks; the model being trained is a "

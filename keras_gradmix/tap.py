@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import keras
 
 from keras_gradmix import compat
-from keras_gradmix.tokens import fits_a_grid
+from keras_gradmix.tokens import fits_a_grid, token_grid
 
 logger = logging.getLogger("keras_gradmix")
 
@@ -150,8 +150,6 @@ def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=
                 f"value per image, no place to mask. Attribute an earlier layer, or pass "
                 f"layer=None (the last layer with larger maps), or feed larger images.", path)
         if keras.ops.is_tensor(activation) and len(activation.shape) == 3:
-            from keras_gradmix.tokens import token_grid
-
             token_grid(activation.shape[1], image_size, *_token_options(options))  # or a clear error
         elif not keras.ops.is_tensor(activation) or len(activation.shape) != 4:
             shape = getattr(activation, "shape", None)

@@ -7,6 +7,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
+from keras_gradmix.model import GradMixModel
 from keras_gradmix.tap import LayerTap, resolve_layer
 
 
@@ -39,8 +40,6 @@ def class_labels(y) -> np.ndarray:
 
 
 def inner_model(model):
-    from keras_gradmix.model import GradMixModel
-
     # A GradMixModel's layers live in the model it wraps.
     return model.model if isinstance(model, GradMixModel) else model
 
