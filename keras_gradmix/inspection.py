@@ -43,17 +43,11 @@ def inspect_batch(gm, x, y, sample_weight=None):
     if gm.options.check_inputs:
         check_inputs(gm, x, y, sample_weight)
     if gm.layer is None:
-        choice, candidates = last_non_flat(gm, x, y)
-        if choice is None and candidates:
-            warnings.warn(
-                f"GradMix: every candidate layer of {gm.model.name!r} gives flat "
-                f"attribution maps on the first batch; layer=None falls back to the last "
-                f"one, {candidates[-1]!r}, where nothing will be masked until its "
-                f"gradients differ.", stacklevel=4)
-            choice = candidates[-1]
-        gm.layer = choice
+        _, tap, flat = flat_layers(gm, x, y)
+        gm.layer = pick_layer(tap, x.shape[1:3], gm.model.name, gm.options, flat)
     elif not getattr(gm, "_flat_warned", False) and all_flat(checked_layer_maps(gm, x, y)):
-        better, _ = last_non_flat(gm, x, y)
+        candidates, _, flat = flat_layers(gm, x, y)
+        better = next((p for p in reversed(candidates) if p not in flat), None)
         hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
                 if better else "no layer of the model gives non-flat maps on it")
         warnings.warn(
@@ -105,17 +99,12 @@ def layer_maps(gm, x, y, paths) -> list:
     return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]
 
 
-def last_non_flat(gm, x, y) -> tuple[str | None, list[str]]:
-    """The last candidate layer (call order) whose maps of ``x`` are not all
-    flat (None if none is), and the candidates."""
-    candidates, _ = spatial_layers(gm, x)
-    if not candidates:
-        return None, candidates
-    maps = layer_maps(gm, x, y, candidates)
-    found = [path for path, m in zip(candidates, maps) if not all_flat([m])]
-    if found:
-        logger.info("GradMix attributes the output of layer %r (layer=None).", found[-1])
-    return (found[-1] if found else None), candidates
+def flat_layers(gm, x, y) -> tuple[list[str], LayerTap, set]:
+    """The candidate layers with spatial maps of ``x`` (call order), the tap
+    that recorded them, and those whose attribution maps are all flat."""
+    candidates, tap = spatial_layers(gm, x)
+    maps = layer_maps(gm, x, y, candidates) if candidates else []
+    return candidates, tap, {path for path, m in zip(candidates, maps) if all_flat([m])}
 
 
 def all_flat(maps) -> bool:

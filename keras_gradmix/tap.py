@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import warnings
 from typing import Callable, Iterator
 
 import keras
@@ -206,9 +207,11 @@ def spatial_candidates(tap: "LayerTap", image_size, options=None) -> list[str]:
     return [path for path in tap.order if spatial(path)]
 
 
-def pick_layer(tap: "LayerTap", image_size, model_name: str, options=None) -> str:
-    """``layer=None`` without data to look at: the last genuine spatial map
-    (:func:`spatial_candidates`) in call order. Logged at INFO."""
+def pick_layer(tap: "LayerTap", image_size, model_name: str, options=None, flat=()) -> str:
+    """What ``layer=None`` resolves to, the one rule: the last genuine spatial
+    map (:func:`spatial_candidates`) in call order whose attribution maps are
+    not all flat. ``flat``: the paths known flat on a batch (the first-batch
+    look knows them; a custom loop's first step does not). Logged at INFO."""
     maps = spatial_candidates(tap, image_size, options)
     if not maps:
         raise ValueError(
@@ -216,8 +219,15 @@ def pick_layer(tap: "LayerTap", image_size, model_name: str, options=None) -> st
             f"output larger than 1x1 or a token output with a patch grid; GradMix "
             f"attributes a spatial feature map. Pass layer= explicitly."
         )
-    logger.info("GradMix attributes the output of layer %r (layer=None).", maps[-1])
-    return maps[-1]
+    usable = [path for path in maps if path not in flat]
+    if not usable:
+        warnings.warn(
+            f"GradMix: every candidate layer of {model_name!r} gives flat attribution maps "
+            f"on the first batch; layer=None falls back to the last one, {maps[-1]!r}, where "
+            f"nothing will be masked until its gradients differ.", stacklevel=5)
+    choice = (usable or maps)[-1]
+    logger.info("GradMix attributes the output of layer %r (layer=None).", choice)
+    return choice
 
 
 class LayerTap:

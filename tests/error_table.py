@@ -290,7 +290,7 @@ CASES = [
          "does not depend on layer 'conv2'", lambda b: fit(compiled(built(SideBranch, b), layer="conv2"), *b)),
     Case("no-loss", "compile() without a loss", "first step", "compile it with one",
          lambda b: fit(_no_loss(), *b)),
-    Case("no-spatial-layer", "layer=None on a model without a spatial feature map", "first step",
+    Case("no-spatial-layer", "layer=None on a model without a spatial feature map", "first batch",
          "No layer of .* has a 4-D",
          lambda b: fit(compiled(keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
                                                  keras.layers.Dense(3)]), check_inputs=False),
