@@ -19,8 +19,23 @@ import baselines  # noqa: E402
 import step_cost  # noqa: E402
 
 
-def test_step_cost_smoke_writes_timings_ratios_and_memory(tmp_path):
-    results = step_cost.main(["--smoke", "--out", str(tmp_path)])
+@pytest.fixture(scope="module")
+def step_cost_smoke(tmp_path_factory):
+    """One TensorFlow --smoke run, shared (each test works on its own copy)."""
+    out = tmp_path_factory.mktemp("step_cost")
+    return out, step_cost.main(["--smoke", "--out", str(out)])
+
+
+def copy_of(directory, tmp_path):
+    import shutil
+
+    shutil.copytree(directory, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_step_cost_smoke_writes_timings_ratios_and_memory(step_cost_smoke, tmp_path):
+    tmp_path = copy_of(step_cost_smoke[0], tmp_path)
+    results = step_cost_smoke[1]
     assert set(results) == {"tensorflow/small_cnn/off", "tensorflow/small_cnn/on"}
     saved = json.loads((tmp_path / "step_cost.json").read_text())
     assert saved["results"] == json.loads(json.dumps(results))
@@ -125,17 +140,20 @@ def test_cutmix_baseline_loss_is_the_area_mixed_loss_of_the_pasted_batch(mnist, 
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_step_cost_torch_rows_merge_beside_the_tensorflow_ones(tmp_path):
+def test_step_cost_torch_rows_merge_beside_the_tensorflow_ones(step_cost_smoke, tmp_path):
     """The PyTorch run (a child process) adds its rows and keeps TensorFlow's."""
     import os
     import subprocess
 
-    step_cost.main(["--smoke", "--jit", "off", "--out", str(tmp_path)])
+    tmp_path = copy_of(step_cost_smoke[0], tmp_path)
     env = dict(os.environ, KERAS_BACKEND="torch")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--smoke",
                     "--out", str(tmp_path)], check=True, env=env, capture_output=True, timeout=600)
     saved = json.loads((tmp_path / "step_cost.json").read_text())
-    assert set(saved["results"]) == {"tensorflow/small_cnn/off", "torch/small_cnn/off"}
+    assert set(saved["results"]) == {"tensorflow/small_cnn/off", "tensorflow/small_cnn/on",
+                                     "torch/small_cnn/off"}
+    assert saved["results"]["tensorflow/small_cnn/off"] == json.loads(
+        json.dumps(step_cost_smoke[1]["tensorflow/small_cnn/off"]))
     assert set(saved["runs"]) == {"tensorflow", "torch"}
     assert saved["runs"]["torch"]["command"].startswith("KERAS_BACKEND=torch python benchmarks/")
     text = (tmp_path / "step_cost.md").read_text()
