@@ -41,10 +41,8 @@ from common import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
-    shuffled_batches,
-    train,
+    train_and_score,
 )
-from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
 from common import paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
@@ -72,16 +70,11 @@ SCORES = ("mls", "msp", "knn")
 
 def run_one(data, cell, split, seed, epochs, batch_size) -> dict:
     _, method, options = CELLS[cell]
-    x, y = data["train"]
-    model, seconds = train(method, shuffled_batches(x, y, seed, batch_size), int(y.max()) + 1,
-                           seed, epochs, options=options)
-    known = tf.data.Dataset.from_tensor_slices(data["known_test"]).batch(512)
-    unknown = tf.data.Dataset.from_tensor_slices(data["unknown_test"]).batch(512)
-    train_data = tf.data.Dataset.from_tensor_slices((x, y)).batch(512)
-    results = evaluate_model_open_set(model, known, unknown, SCORES, feature_layer="features",
-                                      train_data=train_data)
+    results, seconds = train_and_score(data, method, options, seed, epochs, batch_size, SCORES,
+                                       feature_layer="features")
     return {"cell": cell, "method": method, "options": options, "split": split, "seed": seed,
-            "epochs": epochs, "train_images": len(x), "train_seconds": seconds, "results": results}
+            "epochs": epochs, "train_images": len(data["train"][0]), "train_seconds": seconds,
+            "results": results}
 
 
 def reused(reuse_dir, cell, split, seed, epochs, train_images):

@@ -26,6 +26,7 @@ import numpy as np
 from keras_gradmix.contrastive import GradMixContrastive, SupConModel
 from keras_gradmix.data import load_arrays, osr_classes, two_views
 from keras_gradmix.model import GradMixModel
+from keras_gradmix.osr import evaluate_model_open_set
 from keras_gradmix.zoo import lean_cnn
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix", "gradmix-replace", "supcon", "supcon+gradmix")
@@ -143,6 +144,26 @@ def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose
     start = time.perf_counter()
     trainer.fit(batches, epochs=epochs, verbose=verbose)
     return model, time.perf_counter() - start
+
+
+def train_and_score(data: dict, method: str, options: dict, seed: int, epochs: int,
+                    batch_size: int, scores, feature_layer: str | None = None):
+    """Trains ``method`` on an :func:`open_set_arrays` split's ``train`` images
+    (batches shuffled by ``seed``) and scores its known and unknown test images;
+    feature scores are fitted on the training images. Returns ``(results,
+    train seconds)``."""
+    import tensorflow as tf
+
+    def batches(arrays):
+        return tf.data.Dataset.from_tensor_slices(arrays).batch(512)
+
+    x, y = data["train"]
+    model, seconds = train(method, shuffled_batches(x, y, seed, batch_size), int(y.max()) + 1,
+                           seed, epochs, options=options)
+    results = evaluate_model_open_set(
+        model, batches(data["known_test"]), batches(data["unknown_test"]), scores,
+        feature_layer=feature_layer, train_data=batches((x, y)) if feature_layer else None)
+    return results, seconds
 
 
 def parse_methods(parser, text: str, choices) -> list[str]:

@@ -38,10 +38,8 @@ from common import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
-    shuffled_batches,
-    train,
+    train_and_score,
 )
-from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
 from common import mean_std, paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
@@ -81,15 +79,10 @@ def cells(epochs: int) -> dict[str, tuple[str, dict]]:
 
 
 def run_one(data, cell, method, options, split, seed, epochs, batch_size) -> dict:
-    x, y = data["train"]
-    train_ds = shuffled_batches(x, y, seed, batch_size)
-    classes = int(y.max()) + 1
-    model, seconds = train(method, train_ds, classes, seed, epochs, options=options)
-    known = tf.data.Dataset.from_tensor_slices(data["known_test"]).batch(512)
-    unknown = tf.data.Dataset.from_tensor_slices(data["unknown_test"]).batch(512)
-    results = evaluate_model_open_set(model, known, unknown, SCORES)
+    results, seconds = train_and_score(data, method, options, seed, epochs, batch_size, SCORES)
     return {"cell": cell, "method": method, "options": options, "split": split, "seed": seed,
-            "epochs": epochs, "train_images": len(x), "train_seconds": seconds, "results": results}
+            "epochs": epochs, "train_images": len(data["train"][0]), "train_seconds": seconds,
+            "results": results}
 
 
 def flatten(runs) -> list[dict]:
