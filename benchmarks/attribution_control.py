@@ -41,9 +41,10 @@ from common import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
+    paired_cells,
+    paired_differences,
     train_and_score,
 )
-from common import paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 # Cell -> (file name, method, options changed from GRADMIX).

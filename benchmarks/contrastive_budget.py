@@ -39,12 +39,14 @@ from common import (  # noqa: E402
     CONTRASTIVE,
     cached_run,
     machine,
+    mean_std,
     open_set_arrays,
+    paired_cells,
+    paired_differences,
     shuffled_batches,
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from common import mean_std, paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 ENCODER_SCORES = ("knn", "knn_relative")

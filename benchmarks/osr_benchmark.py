@@ -32,11 +32,13 @@ from common import (  # noqa: E402
     METHODS,
     cached_run,
     machine,
+    mean_std,
+    paired_cells,
+    paired_differences,
     parse_methods,
     train,
 )
 from keras_gradmix.osr import evaluate_model_open_set  # noqa: E402
-from common import mean_std, paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")

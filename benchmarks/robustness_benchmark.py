@@ -44,6 +44,9 @@ from common import (  # noqa: E402
     GRADMIX,
     cached_run,
     machine,
+    mean_std,
+    paired_cells,
+    paired_differences,
     parse_methods,
     shuffled_batches,
     train,
@@ -51,7 +54,6 @@ from common import (  # noqa: E402
 from keras_gradmix.osr import OOD_METRICS, evaluate_ood  # noqa: E402
 from keras_gradmix.robustness import evaluate_corruptions  # noqa: E402
 from keras_gradmix.tables import to_csv, to_markdown  # noqa: E402
-from common import mean_std, paired_cells, paired_differences  # noqa: E402
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix")
 OOD_SETS = ("mnist", "uniform_noise", "permuted_pixels", "far (mean)")

@@ -37,10 +37,12 @@ from common import (  # noqa: E402
     GRADMIX,
     cached_run,
     machine,
+    mean_std,
     open_set_arrays,
+    paired_cells,
+    paired_differences,
     train_and_score,
 )
-from common import mean_std, paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 SCORES = ("mls", "msp")

@@ -39,13 +39,15 @@ from common import (  # noqa: E402
     cached_run,
     first_per_class,
     machine,
+    mean_std,
+    paired_cells,
+    paired_differences,
     pixels,
     shuffled_batches,
     train,
 )
 from keras_gradmix.osr.features import collect  # noqa: E402
 from keras_gradmix.osr.probe import linear_probe  # noqa: E402
-from common import mean_std, paired_cells, paired_differences  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 from keras_gradmix.zoo import lean_cnn  # noqa: E402
 
