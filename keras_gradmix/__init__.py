@@ -4,7 +4,8 @@ Main entry point: :class:`GradMixModel`, configured by a :class:`GradMixConfig`
 and holding an objective (:mod:`keras_gradmix.objectives`). The building blocks
 (attribution maps, masks, fills, the sampled transformation) are pure functions
 usable in custom training loops; :func:`attribution_maps` gives any
-classifier's maps in one call, for inspection.
+classifier's maps in one call, for inspection, and :func:`faithfulness`
+whether they point at what the model uses.
 
 The package logs through the ``"keras_gradmix"`` logger and attaches no
 handler (e.g. which layer ``layer=None`` picked, at INFO); to see it::
@@ -44,6 +45,7 @@ from keras_gradmix.config import GradMixConfig
 from keras_gradmix.mixing import apply_fill, attribution_share, random_partner, sample_noise
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.explain import attribution_maps
+from keras_gradmix.faithfulness import faithfulness
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.plotting import MaskPreview, plot_masks
 from keras_gradmix.tap import LayerTap, iter_layers, resolve_layer
@@ -72,6 +74,7 @@ __all__ = [
     "attribution_maps",
     "attribution_share",
     "box_masks",
+    "faithfulness",
     "gradcam",
     "gradcam_plus_plus",
     "iter_layers",

@@ -64,3 +64,46 @@ def test_errors(kwargs, message):
     arguments = {"images": np.ones((2, 4, 4, 1), "float32"), "labels": [0, 1], "layer": "feat", **kwargs}
     with pytest.raises(ValueError, match=message):
         keras_gradmix.attribution_maps(identity_model(), **arguments)
+
+
+def test_faithfulness_exact_drops_of_a_hand_built_model():
+    # Class 0's probability is sigmoid(2 * mean(x)) and its map the image itself:
+    # x[i, j] = (4 i + j) / 15 peaks at (3, 3) and is lowest at (0, 0).
+    x = (np.arange(16, dtype="float32") / 15.0).reshape(1, 4, 4, 1)
+    model = identity_model()
+    result = keras_gradmix.faithfulness(model, x, [0], layer="feat", area=0.25, seed=0)
+
+    def prob(image):
+        return 1.0 / (1.0 + np.exp(-2.0 * image.mean()))
+
+    def blank(cy, cx):  # a 2x2 box (area 0.25 of 4x4), rows [cy - 1, cy + 1), clipped
+        out = x[0, ..., 0].copy()
+        out[max(cy - 1, 0):cy + 1, max(cx - 1, 0):cx + 1] = 0.0
+        return out
+
+    clean = prob(x[0])
+    centre = np.unravel_index(np.random.default_rng(0).uniform(size=(1, 4, 4))[0].argmax(), (4, 4))  # (2, 1)
+    np.testing.assert_allclose(result["clean"], [clean], rtol=1e-6)
+    np.testing.assert_allclose(result["peak"], clean - prob(blank(3, 3)), rtol=1e-5)  # 10, 11, 14, 15
+    np.testing.assert_allclose(result["low"], clean - prob(blank(0, 0)), atol=1e-7)  # only (0, 0) = 0
+    np.testing.assert_allclose(result["low"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(result["random"], clean - prob(blank(*centre)), rtol=1e-5)
+    assert result["peak"] > result["random"] >= result["low"]
+    assert set(result["per_image"]) == {"peak", "random", "low"}
+    # Probabilities in, the same drops; a softmax model's output said so.
+    softmax = keras.Sequential([model, keras.layers.Softmax()])
+    same = keras_gradmix.faithfulness(softmax, x, [0], layer=f"{model.name}/feat", seed=0,
+                                      output="probabilities")
+    np.testing.assert_allclose([same[k] for k in ("peak", "random", "low")],
+                               [result[k] for k in ("peak", "random", "low")], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(area=0.0), "area must be in"),
+    (dict(fill="noise"), "constant fill"),
+    (dict(output="softmax"), "'logits' or 'probabilities'"),
+])
+def test_faithfulness_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_gradmix.faithfulness(identity_model(), np.ones((2, 4, 4, 1), "float32"), [0, 1],
+                                   layer="feat", **kwargs)
