@@ -62,3 +62,71 @@ def gen(logits, gamma, m):
     p = p / p.sum()
     top = sorted(p)[-m:]
     return -sum(q**gamma * (1 - q) ** gamma for q in top)
+
+
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def mahalanobis_sq(f, mean, covariance):
+    d = f - mean
+    return d @ np.linalg.inv(covariance) @ d
+
+
+def rmds(f, train, labels):
+    """Ren et al. 2021 as OpenOOD's rmds: max_c -(MD_c - MD_0); MD_c with the
+    covariance of the class-centred features, MD_0 with the whole set's."""
+    classes = sorted(set(labels.tolist()))
+    means = {c: train[labels == c].mean(axis=0) for c in classes}
+    centred = np.array([t - means[c] for t, c in zip(train, labels)])
+    shared = sum(np.outer(v, v) for v in centred) / len(train)
+    whole = train - train.mean(axis=0)
+    background = sum(np.outer(v, v) for v in whole) / len(train)
+    md0 = mahalanobis_sq(f, train.mean(axis=0), background)
+    return max(-(mahalanobis_sq(f, means[c], shared) - md0) for c in classes)
+
+
+def she(f, train, labels, w, b):
+    """Zhang et al. 2023 as OpenOOD's she: stored pattern = mean feature of the
+    correctly classified training samples of each class; score = <f, pattern[pred]>."""
+    patterns = []
+    for c in range(w.shape[1]):
+        rows = [t for t, y in zip(train, labels) if y == c and np.argmax(t @ w + b) == c]
+        patterns.append(np.mean(rows, axis=0))
+    return float(f @ patterns[int(np.argmax(f @ w + b))])
+
+
+def fdbd(f, train, w, b):
+    """Liu & Qin 2024 as OpenOOD's fdbd: sum over classes of |z_pred - z_c| /
+    ||w_pred - w_c|| (the predicted class's own term is 0), over ||f - mean train||."""
+    z = f @ w + b
+    p = int(np.argmax(z))
+    total = 0.0
+    for c in range(len(z)):
+        if c != p:
+            total += abs(z[p] - z[c]) / np.linalg.norm(w[:, p] - w[:, c])
+    return total / np.linalg.norm(f - train.mean(axis=0))
+
+
+def klm(z, train_logits):
+    """Hendrycks et al. 2022 as OpenOOD's klm: -min_c KL(softmax(z) || mean
+    softmax of the training samples predicted c), KL as scipy.stats.entropy."""
+    from scipy.stats import entropy
+
+    templates = []
+    for c in range(train_logits.shape[1]):
+        rows = [softmax(t) for t in train_logits if np.argmax(t) == c]
+        templates.append(np.mean(rows, axis=0) if rows else np.eye(train_logits.shape[1])[c])
+    return -min(entropy(softmax(z), q) for q in templates)
+
+
+def odin_linear(x, w, b, temperature, noise):
+    """Liang et al. 2018 as OpenOOD's odin, for logits z = x w + b: the gradient
+    of CE(z / T, argmax z) is w (softmax(z / T) - onehot) / T; x~ = x - noise *
+    sign (grad >= 0 counts as +1); score = max softmax(z(x~) / T)."""
+    z = x @ w + b
+    onehot = np.eye(len(z))[int(np.argmax(z))]
+    grad = w @ (softmax(z / temperature) - onehot) / temperature
+    step = np.where(grad >= 0, 1.0, -1.0)
+    return float(softmax(((x - noise * step) @ w + b) / temperature).max())

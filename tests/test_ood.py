@@ -126,7 +126,7 @@ def test_bad_input_is_named(sets):
     with pytest.raises(ValueError, match="pass feature_layer="):
         evaluate_ood(model, sets["in"], sets["ood"], ["knn"])
     with pytest.raises(ValueError, match="Unknown open-set scores"):
-        evaluate_ood(model, sets["in"], sets["ood"], ["odin"])
+        evaluate_ood(model, sets["in"], sets["ood"], ["nope"])
 
 
 def test_uniform_noise():
@@ -161,3 +161,36 @@ def test_load_arrays():
     assert digits["x_train"].dtype == np.uint8
     with pytest.raises(ValueError, match="load_arrays knows 'fashion_mnist' and 'mnist5k'"):
         load_arrays("cifar10")
+
+
+@pytest.mark.parametrize("temperature, noise", [(1000.0, 0.0014), (1.0, 0.05)])
+def test_odin_moves_the_input_and_scales_the_softmax(temperature, noise):
+    keras.utils.set_random_seed(1)
+    linear = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="logits")])
+    w, b = (np.asarray(v, np.float64) for v in linear.layers[-1].get_weights())
+    x = np.random.default_rng(2).normal(size=(9, 4)).astype("float32")
+    from keras_gradmix.osr.odin import odin
+
+    got = odin(linear, x, temperature, noise)
+    want = [ref.odin_linear(v.astype(np.float64), w, b, temperature, noise) for v in x]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        odin(linear, x, temperature=0.0)
+
+
+def test_odin_and_klm_through_evaluate_ood(sets):
+    model = mlp()
+    rows = evaluate_ood(model, sets["in"], sets["ood"], scores=("odin", "klm"),
+                        train_data=sets["train"], score_options={"odin": {"noise": 0.0}})
+    _, train_logits = numpy_forward(model, sets["train"][0].astype(np.float64))
+    for row in rows:
+        def score(x):
+            _, z = numpy_forward(model, x.astype(np.float64))
+            if row["score"] == "klm":
+                return np.array([ref.klm(v, train_logits) for v in z])
+            return np.array([ref.softmax(v / 1000.0).max() for v in z])  # no step: T only
+
+        want = evaluate_open_set(score(sets["in"]), score(sets["ood"][row["ood"]]))
+        assert row["auroc"] == pytest.approx(want["auroc"], abs=1e-9), row
+    with pytest.raises(ValueError, match=r"\['klm'\] are fitted on the training data"):
+        evaluate_ood(model, sets["in"], sets["ood"], scores=("klm",))

@@ -101,7 +101,7 @@ def test_tf_data_inputs(osr_data):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(scores=("msp", "odin")), "Unknown open-set scores"),
+        (dict(scores=("msp", "nope")), "Unknown open-set scores"),
         (dict(scores=("knn",)), "feature_layer"),
         (dict(every=0), "every must be"),
         (dict(log_metrics=("auroc", "auc")), r"log_metrics must be 'all' or names from .*\['auc'\]"),

@@ -75,8 +75,8 @@ def test_a_head_score_without_a_head_and_an_unfitted_scorer_are_named(data):
         make_scorer("react").fit(train, labels)
     with pytest.raises(ValueError, match="Fit the 'knn' scorer first"):
         make_scorer("knn")(test)
-    with pytest.raises(ValueError, match="Unknown feature score 'odin'"):
-        make_scorer("odin")
+    with pytest.raises(ValueError, match="Unknown fitted score 'nope'"):
+        make_scorer("nope")
 
 
 # ------------------------------------------------------------------ decisions
@@ -162,3 +162,51 @@ def test_every_scorer_round_trips_its_explicit_state_through_json(data, name):
     if fitted.state:
         with pytest.raises(ValueError, match=f"lacks \\['{sorted(fitted.state)[0]}'\\]"):
             make_scorer(name).set_state({k: v for k, v in state.items() if k != sorted(fitted.state)[0]})
+
+
+# ------------------------------------------ rmds, she, fdbd, klm (OpenOOD's)
+def test_rmds_is_class_minus_background_mahalanobis(data):
+    train, labels, test, _, _ = data
+    got = make_scorer("rmds").fit(train, labels)(test)
+    np.testing.assert_allclose(got, [ref.rmds(f, train, labels) for f in test], rtol=1e-6)
+
+
+def test_she_is_the_inner_product_with_the_predicted_class_pattern(data):
+    train, _, test, w, b = data
+    labels = (train @ w + b).argmax(axis=1)
+    labels[::4] = (labels[::4] + 1) % 3  # a quarter misclassified: left out of the patterns
+    got = make_scorer("she").fit(train, labels, (w, b))(test)
+    np.testing.assert_allclose(got, [ref.she(f, train, labels, w, b) for f in test], rtol=1e-9)
+    # A class the head never gets right: the mean of all its features (OpenOOD: NaN).
+    labels = (train @ w + b).argmax(axis=1)
+    wrong = labels == 0
+    labels[wrong] = 1
+    labels[~wrong & (labels == 1)] = 0
+    patterns = make_scorer("she").fit(train, labels, (w, b)).patterns
+    np.testing.assert_allclose(patterns[0], train[labels == 0].mean(axis=0))
+
+
+def test_fdbd_is_the_mean_boundary_distance_over_the_distance_to_the_mean(data):
+    train, labels, test, w, b = data
+    got = make_scorer("fdbd").fit(train, labels, (w, b))(test)
+    np.testing.assert_allclose(got, [ref.fdbd(f, train, w, b) for f in test], rtol=1e-9)
+
+
+def test_klm_is_minus_the_smallest_kl_to_a_class_template(data):
+    rng = np.random.default_rng(4)
+    train_logits = rng.normal(size=(60, 4)) * 2
+    train_logits[:, 3] -= 10  # class 3 is never predicted: its template is one-hot
+    test = rng.normal(size=(7, 4)) * 2
+    scorer = make_scorer("klm").fit(train_logits)
+    np.testing.assert_allclose(scorer.templates[3], [0, 0, 0, 1])
+    np.testing.assert_allclose(scorer(test), [ref.klm(z, train_logits) for z in test], rtol=1e-7)
+    restored = make_scorer("klm").set_state(scorer.get_state())  # logits in, no head
+    np.testing.assert_array_equal(restored(test), scorer(test))
+
+
+@pytest.mark.parametrize("name", ["rmds", "she", "fdbd"])
+def test_new_scores_save_and_restore(data, name):
+    train, labels, test, w, b = data
+    scorer = make_scorer(name).fit(train, labels, (w, b))
+    restored = make_scorer(name).set_state(scorer.get_state())
+    np.testing.assert_array_equal(restored(test), scorer(test))

@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_gradmix.osr.evaluation import (
     check_scores,
+    collect_for,
     fit_scorers,
     merge_score_options,
     needs_features,
@@ -92,7 +93,7 @@ class OpenSetClassifier:
 
     def _scores(self, model, data):
         layer = self.feature_layer if needs_features((self.score,)) else None
-        part = collect(model, data, layer)
+        part = collect_for(model, data, (self.score,), layer, 256, self._options)
         return score(self.score, part, self.scorers, self._options), part
 
     @property

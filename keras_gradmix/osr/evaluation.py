@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from keras_gradmix.osr import scores as score_lib
-from keras_gradmix.osr.features import collect, inner_model
+from keras_gradmix.osr.features import MODEL_SCORES, collect, inner_model
 from keras_gradmix.osr.metrics import evaluate_open_set
 from keras_gradmix.osr.probe import knn_predict
 from keras_gradmix.osr.scorers import SCORERS, make_scorer
 
 PREDICTIONS = ("logits", "knn")
-SCORES = tuple(score_lib.LOGIT_SCORES) + tuple(SCORERS)
+SCORES = tuple(score_lib.LOGIT_SCORES) + tuple(SCORERS) + tuple(MODEL_SCORES)
 
 
 def check_scores(scores, feature_layer, train_data, predictions="logits") -> tuple[str, ...]:
@@ -25,7 +25,7 @@ def check_scores(scores, feature_layer, train_data, predictions="logits") -> tup
         raise ValueError(f"Unknown open-set scores {unknown}; choose from {SCORES}.")
     if predictions not in PREDICTIONS:
         raise ValueError(f"predictions must be one of {PREDICTIONS}, got {predictions!r}.")
-    feature_scores = [s for s in scores if s in SCORERS]
+    feature_scores = [s for s in scores if s in SCORERS and SCORERS[s].inputs == "features"]
     if predictions == "knn":
         feature_scores.append("predictions='knn'")
     if feature_scores and (feature_layer is None or train_data is None):
@@ -34,10 +34,20 @@ def check_scores(scores, feature_layer, train_data, predictions="logits") -> tup
             f"data: pass feature_layer='<layer path>' (e.g. the global pooling "
             f"layer) and train_data=(x_train, y_train) of the known classes."
         )
+    fitted = [s for s in scores if s in SCORERS]
+    if fitted and train_data is None:
+        raise ValueError(f"{fitted} are fitted on the training data: pass train_data=(x_train, "
+                         f"y_train) of the known classes.")
     return scores
 
 
 def needs_features(scores, predictions="logits") -> bool:
+    return predictions == "knn" or any(s in SCORERS and SCORERS[s].inputs == "features"
+                                       for s in scores)
+
+
+def needs_train(scores, predictions="logits") -> bool:
+    """Whether a score is fitted on (or the predictions vote with) training data."""
     return predictions == "knn" or any(s in SCORERS for s in scores)
 
 
@@ -60,7 +70,7 @@ def head_weights(model) -> tuple[np.ndarray, np.ndarray]:
 def merge_score_options(k: int = 3, temperature: float = 1.0, options: dict | None = None) -> dict:
     """Each score's hyper-parameters: the papers' defaults, ``k`` for
     ``knn_relative``, ``temperature`` for ``energy``, then ``options[name]``."""
-    merged = {"knn_relative": {"k": k}, "energy": {"temperature": temperature}}
+    merged = {"knn_relative": {"k": k}, "energy": {"temperature": temperature}, "odin": {}}
     for name, extra in (options or {}).items():
         if name not in SCORES:
             raise ValueError(f"score_options names {name!r}, not a score; choose from {SCORES}.")
@@ -73,14 +83,22 @@ def fit_scorers(model, scores, train: dict | None, options: dict) -> dict:
     names = [s for s in scores if s in SCORERS]
     head = head_weights(model) if any(SCORERS[s].needs_head for s in names) else None
     return {name: make_scorer(name, **options.get(name, {})).fit(
-        train["features"], train["labels"], head) for name in names}
+        train[SCORERS[name].inputs], train["labels"], head) for name in names}
+
+
+def collect_for(model, data, scores, layer, batch_size, options) -> dict:
+    """:func:`collect` with the model-computed scores ``scores`` asks for (ODIN)."""
+    model_scores = {name: options.get(name, {}) for name in scores if name in MODEL_SCORES}
+    return collect(model, data, layer, batch_size, model_scores)
 
 
 def score(name: str, part: dict, scorers: dict, options: dict):
-    """Score ``name`` of :func:`collect` output ``part`` (a fitted scorer's, or
-    a logit score's)."""
+    """Score ``name`` of :func:`collect` output ``part`` (a fitted scorer's,
+    a model-computed one's, or a logit score's)."""
     if name in scorers:
-        return scorers[name](part["features"])
+        return scorers[name](part[scorers[name].inputs])
+    if name in MODEL_SCORES:
+        return part["scores"][name]
     return score_lib.LOGIT_SCORES[name](part["logits"], **options.get(name, {}))
 
 
@@ -98,18 +116,18 @@ def open_set_scores(
     ``score_options`` maps a score to its hyper-parameters (e.g.
     ``{"knn": {"k": 100}, "react": {"percentile": 95}}``).
 
-    Returns ``{"known_true", "known_pred", "known": {score: array},
-    "unknown": {score: array}}``.
+    Returns ``{"known_true", "known_pred", "known_logits", "unknown_true"
+    (None without labels), "known": {score: array}, "unknown": {score:
+    array}}``.
     """
     scores = check_scores(scores, feature_layer, train_data, predictions)
     options = merge_score_options(k, temperature, score_options)
-    features = needs_features(scores, predictions)
-    layer = feature_layer if features else None
-    known = collect(model, known_data, layer, batch_size)
-    unknown = collect(model, unknown_data, layer, batch_size)
+    layer = feature_layer if needs_features(scores, predictions) else None
+    known = collect_for(model, known_data, scores, layer, batch_size, options)
+    unknown = collect_for(model, unknown_data, scores, layer, batch_size, options)
     if known["labels"] is None:
         raise ValueError("known_data needs labels: pass (x, y) or a dataset of (x, y).")
-    train = collect(model, train_data, layer, batch_size) if features else None
+    train = collect(model, train_data, layer, batch_size) if needs_train(scores, predictions) else None
     scorers = fit_scorers(model, scores, train, options)
 
     if predictions == "knn":
@@ -119,6 +137,8 @@ def open_set_scores(
     return {
         "known_true": known["labels"],
         "known_pred": known_pred,
+        "known_logits": known["logits"],
+        "unknown_true": unknown["labels"],
         "known": {name: score(name, known, scorers, options) for name in scores},
         "unknown": {name: score(name, unknown, scorers, options) for name in scores},
     }

@@ -8,7 +8,11 @@ import keras
 import numpy as np
 
 from keras_gradmix.model import GradMixModel
+from keras_gradmix.osr.odin import odin
 from keras_gradmix.tap import LayerTap, resolve_layer
+
+
+MODEL_SCORES = {"odin": odin}
 
 
 def iter_batches(data, batch_size: int = 256) -> Iterator[tuple]:
@@ -44,17 +48,25 @@ def inner_model(model):
     return model.model if isinstance(model, GradMixModel) else model
 
 
-def collect(model, data, feature_layer: str | None = None, batch_size: int = 256) -> dict:
+def collect(model, data, feature_layer: str | None = None, batch_size: int = 256,
+            model_scores: dict | None = None) -> dict:
     """Logits, labels and features of ``data``, in inference mode.
 
     ``feature_layer`` is a layer path as in ``GradMixModel`` (e.g. "gap" or
     "backbone/pool"); 4-D outputs are averaged over space by the scores.
+    ``model_scores``: ``{"odin": options}`` also computes the scores that
+    need the model and the images (:func:`keras_gradmix.osr.odin.odin`).
 
-    Returns ``{"logits": (N, C), "labels": (N,) or None, "features": (N, ...) or None}``.
+    Returns ``{"logits": (N, C), "labels": (N,) or None, "features": (N, ...)
+    or None, "scores": {name: (N,)}}``.
     """
     layer = None if feature_layer is None else resolve_layer(inner_model(model), feature_layer, kind="features")
+    model_scores = model_scores or {}
     logits, labels, features = [], [], []
+    computed = {name: [] for name in model_scores}
     for x, y in iter_batches(data, batch_size):
+        for name, options in model_scores.items():
+            computed[name].append(MODEL_SCORES[name](model, x, **options))
         if layer is None:
             out = model.predict_on_batch(x)
         else:
@@ -70,4 +82,5 @@ def collect(model, data, feature_layer: str | None = None, batch_size: int = 256
         "logits": np.concatenate(logits).astype(np.float64),
         "labels": np.concatenate(labels) if labels else None,
         "features": np.concatenate(features) if features else None,
+        "scores": {name: np.concatenate(values) for name, values in computed.items()},
     }

@@ -30,15 +30,13 @@ def fpr_at_tpr(known_scores, unknown_scores, tpr: float = 0.95) -> float:
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
 
-def oscr(known_scores, unknown_scores, known_correct) -> float:
-    """Open-Set Classification Rate: area under CCR(delta) against FPR(delta).
+def oscr_curve(known_scores, unknown_scores, known_correct) -> tuple[np.ndarray, np.ndarray]:
+    """The OSCR curve ``(fpr, ccr)``, from (0, 0), one point per distinct threshold.
 
     ``CCR(d)`` = share of known samples classified correctly *and* scoring
     above ``d``; ``FPR(d)`` = share of unknown samples scoring above ``d``;
-    ``d`` sweeps every observed score, trapezoid rule from (0, 0). Tied known
-    and unknown scores cross together (a diagonal step), as in AUROC. At most
-    the closed-set accuracy. ARPL's ``compute_oscr`` differs from this by at
-    most one sample's share (its known/unknown counts are off by one position).
+    ``d`` sweeps every observed score. Tied known and unknown scores cross
+    together (a diagonal step), as in the ROC curve.
     """
     known = _scores("known_scores", known_scores)
     unknown = _scores("unknown_scores", unknown_scores)
@@ -56,6 +54,16 @@ def oscr(known_scores, unknown_scores, known_correct) -> float:
     group_end = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
     ccr = np.r_[0.0, np.cumsum(hits)[group_end] / known.size]
     fpr = np.r_[0.0, np.cumsum(false)[group_end] / unknown.size]
+    return fpr, ccr
+
+
+def oscr(known_scores, unknown_scores, known_correct) -> float:
+    """Open-Set Classification Rate: area under :func:`oscr_curve` (CCR against
+    FPR), trapezoid rule from (0, 0). At most the closed-set accuracy. ARPL's
+    ``compute_oscr`` differs from this by at most one sample's share (its
+    known/unknown counts are off by one position).
+    """
+    fpr, ccr = oscr_curve(known_scores, unknown_scores, known_correct)
     return float(np.sum(np.diff(fpr) * (ccr[1:] + ccr[:-1]) / 2.0))
 
 

@@ -10,9 +10,11 @@ import numpy as np
 from keras_gradmix.osr import scores as score_lib
 from keras_gradmix.osr.evaluation import (
     check_scores,
+    collect_for,
     fit_scorers,
     merge_score_options,
     needs_features,
+    needs_train,
     score,
 )
 from keras_gradmix.osr.features import collect
@@ -60,8 +62,8 @@ def evaluate_ood(
             and a row per group (``ood="<group> (mean)"``, the mean of its sets'
             metrics).
         scores: names among the logit scores (``msp, mls, energy, entropy,
-            gen``) and the fitted ones (``knn, knn_relative, mahalanobis,
-            react, ash, scale, vim``); default: every logit score, and with
+            gen``), ``odin`` and the fitted ones (``knn, knn_relative,
+            mahalanobis, rmds, react, ash, scale, vim, she, fdbd, klm``); default: every logit score, and with
             ``feature_layer`` and ``train_data`` also ``knn, mahalanobis,
             react, ash, scale, vim``.
         feature_layer, train_data: the layer whose outputs the feature scores
@@ -91,15 +93,15 @@ def evaluate_ood(
     scores = check_scores(scores, feature_layer, train_data)
     options = merge_score_options(k, temperature, score_options)
     layer = feature_layer if needs_features(scores) else None
-    train = collect(model, train_data, layer, batch_size) if layer else None
+    train = collect(model, train_data, layer, batch_size) if needs_train(scores) else None
     scorers = fit_scorers(model, scores, train, options)
-    inside = collect(model, in_data, layer, batch_size)
+    inside = collect_for(model, in_data, scores, layer, batch_size, options)
     in_scores = {name: score(name, inside, scorers, options) for name in scores}
     rows = []
     for group, sets in groups.items():
         group_rows = []
         for ood_name, data in sets.items():
-            outside = collect(model, data, layer, batch_size)
+            outside = collect_for(model, data, scores, layer, batch_size, options)
             for name in scores:
                 metrics = evaluate_open_set(in_scores[name], score(name, outside, scorers, options))
                 group_rows.append({"group": group, "ood": ood_name, "score": name, **metrics})

@@ -109,6 +109,12 @@ def attribute(gm, x, y, paths=None):
     return activations, gradients
 
 
+def input_gradient(fn, x):
+    """The gradient of the scalar ``fn(x)`` with respect to the input ``x``
+    (``fn`` may call a Keras model in inference mode: it writes no state)."""
+    return jax.grad(fn)(jax.numpy.asarray(x))
+
+
 def train_step(gm, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

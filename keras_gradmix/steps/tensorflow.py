@@ -48,6 +48,16 @@ def attribute(gm, x, y, paths=None):
     return activations, gradients
 
 
+def input_gradient(fn, x):
+    """The gradient of the scalar ``fn(x)`` with respect to the input ``x``
+    (eager; e.g. ODIN's input perturbation)."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+    return tape.gradient(value, x)
+
+
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     x = gm.objective.prepare_inputs(x)

@@ -54,6 +54,14 @@ def attribute(gm, x, y, paths=None):
     return activations, gradients
 
 
+def input_gradient(fn, x):
+    """The gradient of the scalar ``fn(x)`` with respect to the input ``x``
+    (eager; nothing lands in the parameters' ``.grad``)."""
+    x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(fn(x), [x])
+    return gradient
+
+
 def train_step(gm, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     x = gm.objective.prepare_inputs(x)
