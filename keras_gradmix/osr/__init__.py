@@ -11,6 +11,8 @@ from keras_gradmix.extras import require
 
 require("scipy", "sklearn", feature="keras_gradmix.osr (open-set evaluation)")
 
+from keras_gradmix.osr import calibration
+from keras_gradmix.osr.calibration import aurc, ece, reliability, risk_coverage
 from keras_gradmix.osr.callback import OpenSetEvaluation
 from keras_gradmix.osr.decisions import (
     OpenSetClassifier,
@@ -19,14 +21,18 @@ from keras_gradmix.osr.decisions import (
     open_set_predict,
 )
 from keras_gradmix.osr.evaluation import (
+    calibration_by_score,
     evaluate_model_open_set,
     metrics_by_score,
     open_set_scores,
+    per_class_metrics,
 )
 from keras_gradmix.osr.features import collect
-from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr
+from keras_gradmix.osr.full_spectrum import evaluate_full_spectrum
+from keras_gradmix.osr.metrics import evaluate_open_set, fpr_at_tpr, oscr, oscr_curve
+from keras_gradmix.osr.odin import odin
 from keras_gradmix.osr.ood import OOD_METRICS, evaluate_ood
-from keras_gradmix.osr.plots import plot_open_set
+from keras_gradmix.osr.plots import plot_open_set, plot_reliability
 from keras_gradmix.osr.probe import knn_predict, linear_probe
 from keras_gradmix.osr.scorers import SCORERS, Scorer, knn, knn_relative, mahalanobis, make_scorer
 from keras_gradmix.osr.scores import (
@@ -38,18 +44,25 @@ from keras_gradmix.osr.scores import (
     mls,
     msp,
 )
+from keras_gradmix.osr.tuning import GRIDS, tune_scores, tuned_options
 
 __all__ = [
+    "GRIDS",
     "LOGIT_SCORES",
     "OOD_METRICS",
     "OpenSetClassifier",
     "OpenSetEvaluation",
     "SCORERS",
     "Scorer",
+    "aurc",
+    "calibration",
+    "calibration_by_score",
     "ccr_at_fpr",
     "collect",
+    "ece",
     "energy",
     "entropy",
+    "evaluate_full_spectrum",
     "evaluate_model_open_set",
     "evaluate_ood",
     "evaluate_open_set",
@@ -58,16 +71,24 @@ __all__ = [
     "gen",
     "knn",
     "knn_class_scores",
-    "knn_relative",
     "knn_predict",
+    "knn_relative",
     "linear_probe",
     "mahalanobis",
     "make_scorer",
     "metrics_by_score",
     "mls",
     "msp",
+    "odin",
     "open_set_predict",
     "open_set_scores",
     "oscr",
+    "oscr_curve",
+    "per_class_metrics",
     "plot_open_set",
+    "plot_reliability",
+    "reliability",
+    "risk_coverage",
+    "tune_scores",
+    "tuned_options",
 ]

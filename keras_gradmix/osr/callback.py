@@ -141,7 +141,8 @@ class OpenSetEvaluation(keras.callbacks.Callback):
             raw = self._last_raw
             plot_open_set(raw["known"], raw["unknown"],
                           os.path.join(self.plot_dir, f"osr_epoch_{epoch + 1:03d}.png"),
-                          title=f"epoch {epoch + 1}")
+                          title=f"epoch {epoch + 1}",
+                          known_correct=raw["known_pred"] == raw["known_true"])
 
     def _write_csv(self, epoch, results, masking):
         new = not os.path.exists(self.csv_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_gradmix.osr import scores as score_lib
+from keras_gradmix.osr.calibration import aurc, confidences_from_logits, ece
 from keras_gradmix.osr.features import MODEL_SCORES, collect, inner_model
 from keras_gradmix.osr.metrics import evaluate_open_set
 from keras_gradmix.osr.probe import knn_predict
@@ -161,3 +162,35 @@ def evaluate_model_open_set(model, known_data, unknown_data, scores=("msp", "mls
     arguments as in :func:`open_set_scores`.
     """
     return metrics_by_score(open_set_scores(model, known_data, unknown_data, scores, **kwargs))
+
+
+def per_class_metrics(raw: dict, score_name: str) -> dict:
+    """Per known class, its closed-set accuracy; per unknown class, the AUROC
+    of ``score_name`` for all known samples against that class's samples.
+
+    ``raw`` is :func:`open_set_scores` output; the unknown breakdown needs
+    labels on the unknown data (the original class ids).
+
+    Returns ``{"accuracy": {known class: value}, "auroc": {unknown class: value}}``.
+    """
+    true, correct = raw["known_true"], raw["known_pred"] == raw["known_true"]
+    accuracy = {int(c): float(correct[true == c].mean()) for c in np.unique(true)}
+    auroc = {}
+    if raw.get("unknown_true") is not None:
+        unknown = raw["unknown"][score_name]
+        for c in np.unique(raw["unknown_true"]):
+            auroc[int(c)] = evaluate_open_set(raw["known"][score_name],
+                                              unknown[raw["unknown_true"] == c])["auroc"]
+    return {"accuracy": accuracy, "auroc": auroc}
+
+
+def calibration_by_score(raw: dict, bins: int = 15) -> dict:
+    """``{"ece": ..., "aurc": {score: ...}}`` of :func:`open_set_scores` output:
+    the ECE of the known samples' softmax, and the AURC when each score is
+    the confidence that decides which predictions to keep (``msp`` gives the
+    usual AURC; with ``predictions="knn"`` the k-NN votes are kept or not,
+    while the ECE stays that of the logits' own arg-max)."""
+    confidences, softmax_correct = confidences_from_logits(raw["known_logits"], raw["known_true"])
+    correct = raw["known_pred"] == raw["known_true"]  # the predictions the report used
+    return {"ece": ece(confidences, softmax_correct, bins),
+            "aurc": {name: aurc(values, correct) for name, values in raw["known"].items()}}
