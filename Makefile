@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make test` runs the suite once per backend; BACKENDS=jax narrows it.
 BACKENDS ?= tensorflow jax torch
+# pytest-xdist processes per pass (a test file stays on one, so its module
+# fixtures run once); WORKERS=0 runs in one process.
+WORKERS ?= 2
+XDIST := -n $(WORKERS) --dist loadfile
 # The PyTorch CPU build (a plain `torch` requirement pulls a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
@@ -43,14 +47,14 @@ $(VENV)/.docs: $(VENV)/.demo
 test: venv
 	@skip=; for backend in $(BACKENDS); do \
 		echo "== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend SKIP_BACKEND_FREE=$$skip $(PY) -m pytest -q --durations=15 tests || exit 1; \
+		KERAS_BACKEND=$$backend SKIP_BACKEND_FREE=$$skip $(PY) -m pytest -q $(XDIST) --durations=15 tests || exit 1; \
 		skip=1; \
 	done
 
 test-keras-min: venv
 	$(PY) -m pip install --quiet --no-deps --upgrade --target .keras-min "keras==$(KERAS_MIN)"
 	@echo "== KERAS_BACKEND=tensorflow, keras $(KERAS_MIN)"
-	PYTHONPATH=.keras-min KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(KERAS_MIN_TESTS)
+	PYTHONPATH=.keras-min KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(XDIST) $(KERAS_MIN_TESTS)
 
 demo: venv-demo
 	KERAS_BACKEND=tensorflow $(PY) examples/quickstart.py
