@@ -225,3 +225,20 @@ def test_attribution_control_gpu_summary_of_the_committed_device_runs(tmp_path):
     assert f"| {diff:+.2f} [" in text.split("| peak vs random (positives) |")[1].splitlines()[0]
     assert "gpu: NVIDIA" in text and bundle["meta"]["command"] in text
     assert (ROOT / "docs/results/attribution_control_gpu.md").read_text() == text
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(),
+                    reason="needs Debian's dataset-fashion-mnist")
+def test_faithfulness_smoke_writes_a_row_per_layer_and_attribution(tmp_path):
+    import faithfulness
+
+    result = faithfulness.main(["--smoke", "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert [(r["layer"], r["attribution"]) for r in rows] == [
+        (layer, a) for layer in ("conv1", "conv2") for a in ("layercam", "gradcam", "gradcam++")]
+    for r in rows:
+        assert r["faithful"] == (r["peak"] > r["random"] > r["low"])
+        assert r["peak_minus_random"] == pytest.approx(r["peak"] - r["random"], abs=1e-9)
+    text = (tmp_path / "faithfulness.md").read_text()
+    assert "`python benchmarks/faithfulness.py --smoke --out" in text
+    assert text.count("| small_cnn (") == 6
