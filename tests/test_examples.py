@@ -79,6 +79,15 @@ def test_osr_benchmark_resumes_and_writes_the_summary(tmp_path, capsys):
     difference = 100 * (runs[3]["results"]["mls"]["auroc"] - runs[0]["results"]["mls"]["auroc"])
     assert f"| gradmix | plain | AUROC (mls) | 1 | {difference:+.2f} | – | " in paired  # no CI
     assert np.isfinite(json.loads((tmp_path / "summary.json").read_text())["runs"][4]["train_seconds"])
+    # Calibration and full-spectrum rows, from the same runs.
+    calibration = summary.split("Calibration and selective risk")[1]
+    ece = 100 * runs[3]["calibration"]["ece"]
+    full = 100 * runs[3]["full_spectrum"]["mls"]["auroc"]
+    gradmix_row = [line for line in calibration.splitlines() if line.startswith("| gradmix | 1 |")][0]
+    assert f"| {ece:.2f} ± 0.00 |" in gradmix_row and f"| {full:.2f} ± 0.00 |" in gradmix_row
+    assert set(runs[3]["full_spectrum"]) == {"mls", "msp"}
+    difference = 100 * (runs[3]["calibration"]["ece"] - runs[0]["calibration"]["ece"])
+    assert f"| gradmix | ece | 1 | {difference:+.2f} | – |" in calibration
 
 
 def test_cifar10_resnet18_smoke(tmp_path):
