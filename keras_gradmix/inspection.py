@@ -139,8 +139,9 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
 
     Arrays give their first ``batch_size`` rows (32 by default, as ``fit``);
     a ``tf.data.Dataset`` its first element (a fresh iterator);
-    a ``keras.utils.PyDataset`` its item 0; a PyTorch ``DataLoader`` the first
-    batch of a fresh iterator. Returns ``(None, None, None, x)`` for anything else;
+    a ``keras.utils.PyDataset`` its item 0; a PyTorch ``DataLoader`` or a Grain
+    dataset (``MapDataset``, ``IterDataset``, ``DataLoader``; Keras ``fit``
+    takes them since 3.10) the first batch of a fresh iterator. Returns ``(None, None, None, x)`` for anything else;
     raises a ValueError for an empty dataset.
     """
     if x is None:
@@ -155,6 +156,8 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
     elif isinstance(x, keras.utils.PyDataset):
         batch = x[0] if len(x) else None
     elif type(x).__name__ == "DataLoader" and type(x).__module__.startswith("torch"):
+        batch = next(iter(x), None)
+    elif type(x).__module__.startswith("grain"):  # re-iterable: a fresh iterator
         batch = next(iter(x), None)
     elif hasattr(x, "__next__"):  # one pass: read the first batch, hand on the rest too
         batch = next(x, None)

@@ -195,6 +195,35 @@ def test_numpy_tf_data_and_pydataset_inputs_train_the_same(mnist):
         for a, b in zip(weights["numpy"], weights[name]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
+def test_grain_datasets_train_like_numpy_and_get_the_first_batch_look(mnist):
+    """Keras fit takes Grain datasets (keras PR #21494); GradMix reads their
+    first batch like any other input, so bad pixels are named before training."""
+    grain = pytest.importorskip("grain")
+    x, y = mnist[0][:16], mnist[1][:16]
+
+    def dataset(images):
+        return grain.MapDataset.source(list(range(16))).map(lambda i: (images[i], y[i])).batch(8)
+
+    weights = {}
+    for name, data in {"numpy": dict(x=x, y=y, batch_size=8, shuffle=False),
+                       "grain": dict(x=dataset(x))}.items():
+        model = sequential_cnn()
+        gm = GradMixModel(model, "conv2", seed=0)
+        gm.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+        gm.fit(epochs=1, verbose=0, **data)
+        weights[name] = model.get_weights()
+    for a, b in zip(weights["numpy"], weights["grain"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    model = sequential_cnn()
+    before = model.get_weights()
+    gm = GradMixModel(model, "conv2", seed=0)
+    gm.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+    with pytest.raises(ValueError, match=r"pixels span \[0, 255\]"):
+        gm.fit(dataset(x * 255.0), epochs=1, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def fit_weights(model_fn, wrap, epochs, x, y, **fit_kwargs):
     model = model_fn()
     trainer = GradMixModel(model, "conv2", seed=0, **wrap) if wrap is not None else model
