@@ -10,6 +10,10 @@
     python tests/distributed.py data_parallel OUT.npz
         one GradMix step under keras.distribution.DataParallel on two host CPU
         devices and the same step on one device.
+    KERAS_BACKEND=jax python tests/distributed.py jax_process INDEX PORT OUT.npz
+        one of two JAX processes (keras.distribution.initialize, CPU collectives
+        over gloo) training GradMix steps under DataParallel on its half of each
+        global batch; writes its weights.
 """
 
 import json
@@ -162,7 +166,40 @@ def data_parallel(out):
     np.savez(out, **result)
 
 
+PROCESS_STEPS = 2
+
+
+def process_shard(index, processes=2):
+    """Process ``index``'s share of each global batch: rows ``[i * 8, i * 8 + 8)``
+    of every 16 (Keras' multi-process DataParallel concatenates the processes'
+    local batches in process order)."""
+    x, y = digits(GLOBAL_BATCH * PROCESS_STEPS)
+    local = GLOBAL_BATCH // processes
+    rows = np.concatenate([np.arange(s * GLOBAL_BATCH + index * local, s * GLOBAL_BATCH + (index + 1) * local)
+                           for s in range(PROCESS_STEPS)])
+    return x[rows], y[rows]
+
+
+def jax_process(index, port, out):
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU all-reduce across processes
+    import keras
+
+    index = int(index)
+    keras.distribution.initialize(job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=index)
+    assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+    # Each process passes its own shard (NumPy), so no auto-sharding of a tf.data pipeline.
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False))
+    gm = gradmix_model(mode="paired", probability=1.0)
+    x, y = process_shard(index)
+    history = gm.fit(x, y, batch_size=GLOBAL_BATCH // 2, shuffle=False, verbose=0)
+    np.savez(out, loss=history.history["loss"], **weights(gm))
+
+
 if __name__ == "__main__":
-    {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[sys.argv[1]](
+    {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel,
+     "jax_process": jax_process}[sys.argv[1]](
         *sys.argv[2:]
     )

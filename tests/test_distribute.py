@@ -80,3 +80,41 @@ def test_multi_worker_mirrored_workers_end_with_identical_weights(tmp_path):
     np.testing.assert_array_equal(first["losses"], second["losses"])
     for name in first.files:
         np.testing.assert_array_equal(first[name], second[name])
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.initialize across processes: JAX")
+def test_two_jax_processes_train_like_one_process_on_the_whole_batch(tmp_path):
+    """Two local processes (keras.distribution.initialize, DataParallel over one
+    CPU device each) end with identical weights, equal to one process's
+    GradMix steps on the concatenated batches (constant fill, probability 1)."""
+    import keras
+
+    from distributed import GLOBAL_BATCH, PROCESS_STEPS, digits, gradmix_model, weights
+
+    port = free_port()
+    outs = [tmp_path / f"process{i}.npz" for i in range(2)]
+    env = {**ENV, "JAX_PLATFORMS": "cpu"}
+    processes = [subprocess.Popen([sys.executable, SCRIPT, "jax_process", str(i), str(port), str(out)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i, out in enumerate(outs)]
+    try:
+        for process in processes:
+            output, _ = process.communicate(timeout=240)
+            assert process.returncode == 0, output[-3000:]
+    finally:
+        for process in processes:  # a hung collective must not outlive the test
+            process.kill()
+            process.wait()
+    first, second = (np.load(out) for out in outs)
+    names = [k for k in first.files if k.startswith("w")]
+    for name in names:
+        np.testing.assert_array_equal(first[name], second[name])
+    x, y = digits(GLOBAL_BATCH * PROCESS_STEPS)
+    single = gradmix_model(mode="paired", probability=1.0)
+    start = weights(single)
+    single.fit(x, y, batch_size=GLOBAL_BATCH, shuffle=False, verbose=0)
+    expected = weights(single)
+    assert max(np.abs(expected[n] - start[n]).max() for n in names) > 1e-2  # the steps moved them
+    for name in names:
+        np.testing.assert_allclose(first[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert keras.backend.backend() == "jax"
