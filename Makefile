@@ -21,7 +21,14 @@ KERAS_MIN_TESTS ?= tests/test_compat.py tests/test_steps.py tests/test_model.py 
 	tests/test_errors.py tests/test_cost_controls.py tests/test_tokens.py
 KERAS_MIN := $(shell sed -n 's/^KERAS_MIN = "\(.*\)"/\1/p' keras_gradmix/compat.py)
 
-.PHONY: venv venv-demo test test-keras-min demo docs package clean
+# The next Keras (`make test-keras-next`): the newest keras-nightly, installed
+# beside the pinned Keras in .keras-next/, runs the tests of the step, saving,
+# the compat layer and distribution (PyTorch DDP among them) on NEXT_BACKENDS.
+KERAS_NEXT_TESTS ?= tests/test_compat.py tests/test_steps.py tests/test_model.py \
+	tests/test_resume.py tests/test_deploy.py tests/test_distribute.py
+NEXT_BACKENDS ?= torch
+
+.PHONY: venv venv-demo test test-keras-min test-keras-next demo docs package clean
 
 # `make demo` installs what the demo needs (TensorFlow and the data extras);
 # `make test` adds the other backends and the test tools to the same .venv.
@@ -56,6 +63,13 @@ test-keras-min: venv
 	@echo "== KERAS_BACKEND=tensorflow, keras $(KERAS_MIN)"
 	PYTHONPATH=.keras-min KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(XDIST) $(KERAS_MIN_TESTS)
 
+test-keras-next: venv
+	$(PY) -m pip install --quiet --no-deps --upgrade --target .keras-next keras-nightly
+	@for backend in $(NEXT_BACKENDS); do \
+		echo "== KERAS_BACKEND=$$backend, keras $$(PYTHONPATH=.keras-next $(PY) -c 'import keras; print(keras.__version__)')"; \
+		PYTHONPATH=.keras-next KERAS_BACKEND=$$backend $(PY) -m pytest -q $(XDIST) $(KERAS_NEXT_TESTS) || exit 1; \
+	done
+
 demo: venv-demo
 	KERAS_BACKEND=tensorflow $(PY) examples/quickstart.py
 
@@ -69,4 +83,4 @@ package: $(VENV)/.docs
 	bash .ci/package-check
 
 clean:
-	rm -rf $(VENV) .keras-min build dist site *.egg-info .pytest_cache
+	rm -rf $(VENV) .keras-min .keras-next build dist site *.egg-info .pytest_cache

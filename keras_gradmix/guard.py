@@ -60,8 +60,19 @@ def verdict(gm, code, gradients):
 
 
 def agree(ok):
-    """Under ``tf.distribute`` with several replicas, true only where every
-    replica's ``ok`` is (their batches differ); else ``ok`` itself."""
+    """Under ``tf.distribute`` with several replicas, or ``torch.distributed``
+    with several processes, true only where every replica's ``ok`` is (their
+    batches differ); else ``ok`` itself."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        distributed = torch.distributed
+        if not (distributed.is_available() and distributed.is_initialized()) \
+                or distributed.get_world_size() == 1:
+            return ok
+        bad = torch.logical_not(torch.as_tensor(ok)).to(torch.float32).reshape(())
+        distributed.all_reduce(bad)
+        return bad == 0
     if keras.backend.backend() != "tensorflow":
         return ok
     import tensorflow as tf

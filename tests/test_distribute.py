@@ -82,19 +82,11 @@ def test_multi_worker_mirrored_workers_end_with_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.initialize across processes: JAX")
-def test_two_jax_processes_train_like_one_process_on_the_whole_batch(tmp_path):
-    """Two local processes (keras.distribution.initialize, DataParallel over one
-    CPU device each) end with identical weights, equal to one process's
-    GradMix steps on the concatenated batches (constant fill, probability 1)."""
-    import keras
-
-    from distributed import GLOBAL_BATCH, PROCESS_STEPS, digits, gradmix_model, weights
-
+def two_processes(kind, tmp_path, env):
+    """Runs ``tests/distributed.py <kind> INDEX PORT OUT`` twice at once; their outputs."""
     port = free_port()
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    env = {**ENV, "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen([sys.executable, SCRIPT, "jax_process", str(i), str(port), str(out)],
+    processes = [subprocess.Popen([sys.executable, SCRIPT, kind, str(i), str(port), str(out)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for i, out in enumerate(outs)]
     try:
@@ -105,7 +97,26 @@ def test_two_jax_processes_train_like_one_process_on_the_whole_batch(tmp_path):
         for process in processes:  # a hung collective must not outlive the test
             process.kill()
             process.wait()
-    first, second = (np.load(out) for out in outs)
+    return [np.load(out) for out in outs]
+
+
+@pytest.mark.skipif(BACKEND not in ("jax", "torch"),
+                    reason="several processes: keras.distribution (JAX), torch.distributed (PyTorch)")
+def test_two_processes_train_like_one_process_on_the_whole_batch(tmp_path):
+    """Two local processes (JAX: keras.distribution.initialize and DataParallel
+    over one CPU device each, gloo collectives; PyTorch: torch.distributed over
+    gloo, as torchrun sets it up) end with identical weights, equal to one
+    process's GradMix steps on the concatenated batches (constant fill,
+    probability 1)."""
+    from distributed import GLOBAL_BATCH, PROCESS_STEPS, digits, gradmix_model, weights
+
+    env = {**ENV, "JAX_PLATFORMS": "cpu"}
+    first, second = two_processes(f"{BACKEND}_process", tmp_path, env)
+    if BACKEND == "torch":  # Keras after 3.15 wraps the model in DDP (its step is not used)
+        import keras
+
+        has_ddp = hasattr(keras.Sequential(), "ddp_model")
+        assert str(first["ddp"]) == ("DistributedDataParallel" if has_ddp else "NoneType")
     names = [k for k in first.files if k.startswith("w")]
     for name in names:
         np.testing.assert_array_equal(first[name], second[name])
@@ -117,4 +128,3 @@ def test_two_jax_processes_train_like_one_process_on_the_whole_batch(tmp_path):
     assert max(np.abs(expected[n] - start[n]).max() for n in names) > 1e-2  # the steps moved them
     for name in names:
         np.testing.assert_allclose(first[name], expected[name], rtol=1e-4, atol=1e-5)
-    assert keras.backend.backend() == "jax"

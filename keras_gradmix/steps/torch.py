@@ -54,6 +54,27 @@ def attribute(gm, x, y, paths=None):
     return activations, gradients
 
 
+def _averaged_over_processes(gradients):
+    """Under ``torch.distributed`` with several processes (DDP), each gradient
+    averaged over them in place: what ``DistributedDataParallel``'s reducer
+    does for Keras' own step. GradMix's step forwards twice (clean, masked)
+    before one backward and differentiates the attribution in between, so it
+    calls the model itself and all-reduces here (DDP's hooks stay idle without
+    a forward through the DDP module: nothing is reduced twice)."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()):
+        return gradients
+    world = distributed.get_world_size()
+    if world == 1:
+        return gradients
+    with torch.no_grad():
+        for gradient in gradients:
+            if gradient is not None:
+                distributed.all_reduce(gradient)
+                gradient.div_(world)
+    return gradients
+
+
 def input_gradient(fn, x):
     """The gradient of the scalar ``fn(x)`` with respect to the input ``x``
     (eager; nothing lands in the parameters' ``.grad``)."""
@@ -86,9 +107,9 @@ def train_step(gm, data):
     gradients = []
     if trainable_weights:
         loss.backward()
-        gradients = [v.value.grad for v in trainable_weights]
+        gradients = _averaged_over_processes([v.value.grad for v in trainable_weights])
     with torch.no_grad():
-        ok = guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients)
+        ok = guard.agree(guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients))
         if trainable_weights:
             guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
         guard.keep_if_bad(ok, statistics, before)
