@@ -15,6 +15,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from keras_gradmix.data import mnist_digits  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER") and keras.backend.backend() == "torch":
+    import torch
+
+    # Processes share the cores: one thread each is faster than each using all
+    # (docs/results/torch_threads.md).
+    torch.set_num_threads(1)
 from keras_gradmix.zoo import small_cnn as mnist_cnn  # noqa: E402,F401  the demo's CNN
 
 
