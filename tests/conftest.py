@@ -16,6 +16,16 @@ import pytest  # noqa: E402
 
 from keras_gradmix.data import mnist_digits  # noqa: E402
 
+if keras.backend.backend() == "jax":
+    import jax
+
+    # Many tests compile the same programs (the same small models and steps):
+    # JAX's persistent cache, shared by the xdist processes (keyed by the
+    # program, the flags and the versions), compiles each once.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
 if os.environ.get("PYTEST_XDIST_WORKER") and keras.backend.backend() == "torch":
     import torch
 
