@@ -14,9 +14,9 @@
         one of two JAX processes (keras.distribution.initialize, CPU collectives
         over gloo) training GradMix steps under DataParallel on its half of each
         global batch; writes its weights.
-    KERAS_BACKEND=torch python tests/distributed.py torch_process INDEX PORT OUT.npz
-        one of two PyTorch processes (torch.distributed, gloo: what torchrun
-        sets up) training GradMix steps on its half of each global batch.
+    KERAS_BACKEND=torch torchrun --nproc-per-node 2 tests/distributed.py torch_process OUT_DIR
+        two PyTorch processes (torch.distributed over gloo) training GradMix
+        steps on their halves of each global batch.
 """
 
 import json
@@ -201,21 +201,21 @@ def jax_process(index, port, out):
     np.savez(out, loss=history.history["loss"], **weights(gm))
 
 
-def torch_process(index, port, out):
+def torch_process(out_dir):
+    """One of the processes ``torchrun --nproc-per-node 2`` starts (it sets
+    RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT); writes
+    ``out_dir/process<RANK>.npz``."""
     import torch
 
-    index = int(index)
-    # What `torchrun --nproc-per-node 2` sets up; Keras after 3.15 then wraps the
-    # model in DistributedDataParallel by itself.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index),
-                      WORLD_SIZE="2", LOCAL_RANK=str(index))
-    torch.distributed.init_process_group("gloo", rank=index, world_size=2)
+    torch.distributed.init_process_group("gloo")  # env://, as torchrun sets it up
+    index = torch.distributed.get_rank()
     try:
         gm = gradmix_model(mode="paired", probability=1.0)
-        x, y = process_shard(index)
+        x, y = process_shard(index, torch.distributed.get_world_size())
         history = gm.fit(x, y, batch_size=GLOBAL_BATCH // 2, shuffle=False, verbose=0)
         wrapper = type(getattr(gm, "ddp_model", None)).__name__  # Keras > 3.15 wraps it in DDP
-        np.savez(out, loss=history.history["loss"], ddp=wrapper, **weights(gm))
+        np.savez(os.path.join(out_dir, f"process{index}.npz"), loss=history.history["loss"],
+                 ddp=wrapper, **weights(gm))
     finally:
         torch.distributed.destroy_process_group()
 

@@ -82,13 +82,20 @@ def test_multi_worker_mirrored_workers_end_with_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
 
 
-def two_processes(kind, tmp_path, env):
-    """Runs ``tests/distributed.py <kind> INDEX PORT OUT`` twice at once; their outputs."""
+def two_processes(tmp_path, env):
+    """Two processes of ``tests/distributed.py <backend>_process``: JAX's
+    started here, PyTorch's by ``torchrun``; their outputs."""
     port = free_port()
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    processes = [subprocess.Popen([sys.executable, SCRIPT, kind, str(i), str(port), str(out)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i, out in enumerate(outs)]
+    if BACKEND == "torch":
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                     "--master-addr", "127.0.0.1", "--master-port", str(port),
+                     SCRIPT, "torch_process", str(tmp_path)]]
+    else:
+        commands = [[sys.executable, SCRIPT, "jax_process", str(i), str(port), str(out)]
+                    for i, out in enumerate(outs)]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for command in commands]
     try:
         for process in processes:
             output, _ = process.communicate(timeout=240)
@@ -104,14 +111,14 @@ def two_processes(kind, tmp_path, env):
                     reason="several processes: keras.distribution (JAX), torch.distributed (PyTorch)")
 def test_two_processes_train_like_one_process_on_the_whole_batch(tmp_path):
     """Two local processes (JAX: keras.distribution.initialize and DataParallel
-    over one CPU device each, gloo collectives; PyTorch: torch.distributed over
-    gloo, as torchrun sets it up) end with identical weights, equal to one
+    over one CPU device each, gloo collectives; PyTorch: ``torchrun``,
+    torch.distributed over gloo) end with identical weights, equal to one
     process's GradMix steps on the concatenated batches (constant fill,
     probability 1)."""
     from distributed import GLOBAL_BATCH, PROCESS_STEPS, digits, gradmix_model, weights
 
     env = {**ENV, "JAX_PLATFORMS": "cpu"}
-    first, second = two_processes(f"{BACKEND}_process", tmp_path, env)
+    first, second = two_processes(tmp_path, env)
     if BACKEND == "torch":  # Keras after 3.15 wraps the model in DDP (its step is not used)
         import keras
 
