@@ -140,8 +140,8 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
     Arrays give their first ``batch_size`` rows (32 by default, as ``fit``);
     a ``tf.data.Dataset`` its first element (a fresh iterator);
     a ``keras.utils.PyDataset`` its item 0; a PyTorch ``DataLoader`` or a Grain
-    dataset (``MapDataset``, ``IterDataset``, ``DataLoader``; Keras ``fit``
-    takes them since 3.10) the first batch of a fresh iterator. Returns ``(None, None, None, x)`` for anything else;
+    dataset (``MapDataset``, ``IterDataset``, ``DataLoader``, where Keras'
+    ``fit`` takes them: 3.15 does, 3.10 does not) the first batch of a fresh iterator. Returns ``(None, None, None, x)`` for anything else;
     raises a ValueError for an empty dataset.
     """
     if x is None:
