@@ -56,25 +56,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_together(commands, env, timeout):
+    """Starts every command at once (they join one collective) and waits for all."""
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for command in commands]
+    try:
+        for process in processes:
+            output, _ = process.communicate(timeout=timeout)
+            assert process.returncode == 0, output[-3000:]
+    finally:
+        for process in processes:  # a hung collective must not outlive the test
+            process.kill()
+            process.wait()
+
+
 @tf_distribute
 def test_multi_worker_mirrored_workers_end_with_identical_weights(tmp_path):
     ports = f"{free_port()},{free_port()}"
     outs = [tmp_path / f"worker{i}.npz" for i in range(2)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, SCRIPT, "worker", str(i), ports, str(out)],
-            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i, out in enumerate(outs)
-    ]
-    try:
-        for worker in workers:
-            output, _ = worker.communicate(timeout=180)
-            assert worker.returncode == 0, output[-3000:]
-    finally:
-        for worker in workers:  # a hung collective must not outlive the test
-            worker.kill()
-            worker.wait()
+    run_together([[sys.executable, SCRIPT, "worker", str(i), ports, str(out)]
+                  for i, out in enumerate(outs)], ENV, timeout=180)
     first, second = (np.load(out) for out in outs)
     assert len(first["losses"]) == 3 and np.isfinite(first["losses"]).all()
     np.testing.assert_array_equal(first["losses"], second["losses"])
@@ -94,16 +95,7 @@ def two_processes(tmp_path, env):
     else:
         commands = [[sys.executable, SCRIPT, "jax_process", str(i), str(port), str(out)]
                     for i, out in enumerate(outs)]
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for command in commands]
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=240)
-            assert process.returncode == 0, output[-3000:]
-    finally:
-        for process in processes:  # a hung collective must not outlive the test
-            process.kill()
-            process.wait()
+    run_together(commands, env, timeout=240)
     return [np.load(out) for out in outs]
 
 
