@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     paired_differences,
     train_and_score,
 )
+from keras_gradmix.masks import BORDERS, PLACEMENTS  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 # Cell -> (file name, method, options changed from GRADMIX).
@@ -69,27 +70,57 @@ METRICS = {"accuracy": "mls/accuracy", "AUROC (MLS)": "mls/auroc", "OSCR (MLS)":
 SCORES = ("mls", "msp", "knn")
 
 
-def run_one(data, cell, split, seed, epochs, batch_size) -> dict:
+def masked_share(model, data, images: int = 1000) -> dict:
+    """The mean share of an image masked on the first ``images`` known test
+    images by the trained model's GradMix boxes (the study's areas, one per
+    image), per border and placement: what clipping costs at each place."""
+    from keras_gradmix import GradMixModel
+
+    x, y = (a[:images] for a in data["known_test"])
+    share = {}
+    for border in BORDERS:
+        for placement in PLACEMENTS:
+            gm = GradMixModel(model, **{**GRADMIX, "area_sampling": "sample", "border": border,
+                                        "placement": placement})
+            areas, applied = [], []
+            for start in range(0, len(x), 250):
+                out = gm.preview(x[start:start + 250], y[start:start + 250], seed=start)
+                areas.append(keras.ops.convert_to_numpy(out.area))
+                applied.append(keras.ops.convert_to_numpy(out.applied))
+            areas, applied = np.concatenate(areas), np.concatenate(applied)
+            share[f"{border}/{placement}"] = float(areas[applied].mean())
+    return share
+
+
+def run_one(data, cell, split, seed, epochs, batch_size, border) -> dict:
     _, method, options = CELLS[cell]
+    if method == "gradmix":
+        options = {**options, "border": border}
+    logs = {}
     results, seconds = train_and_score(data, method, options, seed, epochs, batch_size, SCORES,
-                                       feature_layer="features")
+                                       feature_layer="features", logs=logs, after=masked_share)
     return {"cell": cell, "method": method, "options": options, "split": split, "seed": seed,
             "epochs": epochs, "train_images": len(data["train"][0]), "train_seconds": seconds,
-            "results": results}
+            "results": results, "masking": logs}
 
 
-def reused(reuse_dir, cell, split, seed, epochs, train_images):
-    """The sensitivity study's run of the same cell, split and seed, if it
-    exists and used the same regime (its cells ``plain`` and ``gradmix``)."""
-    path = os.path.join(reuse_dir or "", f"{CELLS[cell][0]}_split{split}_seed{seed}.json")
-    if not reuse_dir or cell not in ("plain", "gradmix") or not os.path.exists(path):
+def reused(reuse_dirs, cell, split, seed, epochs, train_images, border):
+    """An earlier study's run of the same cell, split and seed in the same
+    regime, if one exists: plain (no mask) from any, the paper's
+    configuration (``gradmix``) only for ``border="clip"`` (the earlier
+    studies' boxes)."""
+    if cell not in (("plain", "gradmix") if border == "clip" else ("plain",)):
         return None
-    with open(path) as f:
-        run = json.load(f)
-    if run["epochs"] != epochs or run["train_images"] != train_images or run["options"]:
-        return None
-    print(f"reuse {path}")
-    return {**run, "cell": cell, "reused_from": path}
+    for reuse_dir in filter(None, reuse_dirs):
+        path = os.path.join(reuse_dir, f"{CELLS[cell][0]}_split{split}_seed{seed}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            run = json.load(f)
+        if run["epochs"] == epochs and run["train_images"] == train_images and not run["options"]:
+            print(f"reuse {path}")
+            return {**run, "cell": cell, "reused_from": path}
+    return None
 
 
 def flatten(runs) -> list[dict]:
@@ -214,9 +245,15 @@ def main(argv=None):
     parser.add_argument("--cells", default=",".join(CELLS[n][0] for n in DEFAULT_CELLS),
                         help=f"comma-separated, from {[v[0] for v in CELLS.values()]}")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=os.path.join("docs", "results", "attribution_control"))
-    parser.add_argument("--reuse", default=os.path.join("docs", "results", "sensitivity"),
-                        help="the sensitivity study's runs ('' to reuse none)")
+    parser.add_argument("--border", default="shift", choices=BORDERS,
+                        help="GradMix's boxes: shifted inside the image (the same area at every "
+                             "place) or clipped at the border (the first study)")
+    parser.add_argument("--out", default=None,
+                        help="per-run JSON (default: docs/results/attribution_control_exact for "
+                             "--border shift, docs/results/attribution_control for clip)")
+    parser.add_argument("--reuse", default=",".join(os.path.join("docs", "results", d) for d in
+                                                    ("sensitivity", "attribution_control")),
+                        help="comma-separated folders of earlier runs of this regime ('' for none)")
     parser.add_argument("--summary", default=os.path.join("docs", "results", "attribution_control.md"))
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: summarise the runs already there")
@@ -225,6 +262,10 @@ def main(argv=None):
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if args.smoke:
         args.dataset, args.epochs, args.train_per_class, args.reuse = "mnist5k", 1, 32, ""
+    results_dir = os.path.join("docs", "results")
+    args.out = args.out or os.path.join(
+        results_dir, "attribution_control" + ("_exact" if args.border == "shift" else ""))
+    reuse_dirs = [d for d in args.reuse.split(",") if os.path.abspath(d) != os.path.abspath(args.out)]
     by_slug = {slug: name for name, (slug, _, _) in CELLS.items()}
     slugs = args.cells.split(",")
     if slugs[0] != "plain" or any(s not in by_slug for s in slugs):
@@ -238,12 +279,13 @@ def main(argv=None):
                                limit_test=256 if args.smoke else None)
         for seed in seeds:
             for name in names:
-                run = reused(args.reuse, name, split, seed, args.epochs, len(data["train"][0]))
+                run = reused(reuse_dirs, name, split, seed, args.epochs, len(data["train"][0]),
+                             args.border)
                 path = os.path.join(args.out, f"{CELLS[name][0]}_split{split}_seed{seed}.json")
                 if run is None and not (args.finished_only and not os.path.exists(path)):
                     run = cached_run(path, args.epochs, f"{name} split {split} seed {seed}",
                                      lambda: run_one(data, name, split, seed, args.epochs,
-                                                     args.batch_size))
+                                                     args.batch_size, args.border))
                 if run is not None:
                     runs.append(run)
     rows = flatten(runs)

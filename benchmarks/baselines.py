@@ -35,7 +35,7 @@ class CutMix(keras.Model):
         """``(images, partner, pasted area)`` of one CutMix draw."""
         centres = keras.random.uniform(ops.shape(x)[:3], seed=self.seed_generator)
         area = keras.random.uniform((), 0.1, 0.5, seed=self.seed_generator)
-        mask, pasted = masks.box_masks(centres, area)
+        mask, pasted = masks.box_masks(centres, area, border="clip")  # CutMix clips
         partner = mixing.random_partner(ops.shape(x)[0], seed=self.seed_generator)
         return mixing.apply_fill(x, mask, "mix", partner=partner), partner, pasted
 

@@ -111,12 +111,14 @@ def one_hot_batches(ds, classes: int, method: str, seed: int):
 
 
 def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose=0,
-          options: dict | None = None, recipe: dict | None = None) -> tuple[keras.Model, float]:
+          options: dict | None = None, recipe: dict | None = None,
+          logs: dict | None = None) -> tuple[keras.Model, float]:
     """The lean CNN trained with ``method`` on ``(images, integer labels)``
     batches; returns the model (the encoder for contrastive methods) and the
     training time in seconds. ``options`` update ``GRADMIX`` for the GradMix
     methods; ``recipe``: :class:`~keras_gradmix.contrastive.Contrastive`
-    arguments (``temperature``...) of the contrastive ones."""
+    arguments (``temperature``...) of the contrastive ones. ``logs``, if given,
+    receives the History's masking metrics per epoch (``gradmix_area``...)."""
     input_shape = tuple(train_data.element_spec[0].shape[1:])
     contrastive = method in CONTRASTIVE
     model = lean_cnn(input_shape, classes, seed, projection=contrastive)
@@ -142,16 +144,21 @@ def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose
     batches = (view_pairs(train_data, seed) if contrastive
                else one_hot_batches(train_data, classes, method, seed))
     start = time.perf_counter()
-    trainer.fit(batches, epochs=epochs, verbose=verbose)
+    history = trainer.fit(batches, epochs=epochs, verbose=verbose).history
+    if logs is not None:
+        logs.update({k: [float(v) for v in values] for k, values in history.items()
+                     if k.startswith("gradmix_")})
     return model, time.perf_counter() - start
 
 
 def train_and_score(data: dict, method: str, options: dict, seed: int, epochs: int,
-                    batch_size: int, scores, feature_layer: str | None = None):
+                    batch_size: int, scores, feature_layer: str | None = None,
+                    logs: dict | None = None, after=None):
     """Trains ``method`` on an :func:`open_set_arrays` split's ``train`` images
     (batches shuffled by ``seed``) and scores its known and unknown test images;
     feature scores are fitted on the training images. Returns ``(results,
-    train seconds)``."""
+    train seconds)``; ``logs`` as in :func:`train`, and ``logs["after"]`` what
+    ``after(model, data)`` returns for the trained model, if given."""
     import tensorflow as tf
 
     def batches(arrays):
@@ -159,7 +166,9 @@ def train_and_score(data: dict, method: str, options: dict, seed: int, epochs: i
 
     x, y = data["train"]
     model, seconds = train(method, shuffled_batches(x, y, seed, batch_size), int(y.max()) + 1,
-                           seed, epochs, options=options)
+                           seed, epochs, options=options, logs=logs)
+    if after is not None:
+        logs["after"] = after(model, data)
     results = evaluate_model_open_set(
         model, batches(data["known_test"]), batches(data["unknown_test"]), scores,
         feature_layer=feature_layer, train_data=batches((x, y)) if feature_layer else None)

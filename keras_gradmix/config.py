@@ -177,8 +177,13 @@ class GradMixConfig:
         normalize: ``"image"`` (each map to [0, 1]) or ``"batch"`` (one
             min-max over the batch, as the reference code).
         mask: ``"box"``: a box with the image's aspect ratio centred on the
-            map's peak, clipped at the border; ``"threshold"``: the
-            highest-attribution pixels covering the sampled area.
+            map's peak; ``"threshold"``: the highest-attribution pixels
+            covering the sampled area.
+        border: a box that would cross the image border is ``"shift"``-ed
+            inside it (default: every box masks the sampled area, to the
+            pixel grid, wherever it is placed, and holds its centre) or
+            ``"clip"``-ped (the authors' code: a box near the border masks
+            less, and a random place is nearer the border than the peak).
         placement: where the mask goes: ``"peak"`` (GradMix: the box centred
             on the map's maximum, the threshold mask on its highest pixels),
             ``"random"`` (the control that isolates the attribution: the box
@@ -276,6 +281,7 @@ class GradMixConfig:
     normalize: str = "image"
     mask: str = "box"
     placement: str = "peak"
+    border: str = "shift"
     mask_area: tuple[float, float] = (0.1, 0.5)
     alpha: float = 1.0
     beta: float = 1.0
@@ -310,6 +316,7 @@ class GradMixConfig:
             normalize=check_choice("normalize", self.normalize, attribution.NORMALIZATIONS),
             mask=check_choice("mask", self.mask, tuple(masks.MASKS)),
             placement=check_choice("placement", self.placement, masks.PLACEMENTS),
+            border=check_choice("border", self.border, masks.BORDERS),
             mask_area=masks.validate_mask_area(self.mask_area),
             area_sampling=check_choice("area_sampling", self.area_sampling, AREA_SAMPLING),
             fill=mixing.validate_fill(self.fill),

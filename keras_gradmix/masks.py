@@ -8,6 +8,11 @@ the batch)::
     mask, masked = threshold_masks(maps, area)   # the top-attribution pixels instead
     where = placement_scores(maps, "random", keras.random.uniform(maps.shape))
     mask, masked = box_masks(where, area)  # the same box at a random place (the control)
+
+A box near the border is shifted inside the image (``border="shift"``), so
+every placement masks the same area; ``border="clip"`` clips it, as the
+authors' code does (a box at a random place then masks less than one at the
+peak: 0.193 vs 0.235 of the image for 0.25 asked, in the placement study).
 """
 
 from __future__ import annotations
@@ -124,27 +129,37 @@ def peak_positions(maps):
     return flat // width, flat % width
 
 
-def box_masks(maps, area):
-    """Boxes centred on each map's peak, covering ``area`` of the image before clipping.
+BORDERS = ("shift", "clip")
+
+
+def box_masks(maps, area, border: str = "shift"):
+    """Boxes centred on each map's peak, covering ``area`` of the image.
 
     The box has the image's aspect ratio, sides ``round(H * sqrt(area))`` by
     ``round(W * sqrt(area))``, rows ``[cy - side_h // 2, cy - side_h // 2 + side_h)``
-    (columns alike), clipped at the border.
+    (columns alike). A box that would cross the border is shifted inside the
+    image (``border="shift"``): it keeps its whole area, wherever it lands,
+    and still holds the peak. ``border="clip"`` cuts it at the border instead
+    (the authors' code): less area near the border.
 
     Args:
         maps: ``(B, H, W)`` attribution maps at image resolution.
         area: masked-area fraction, a scalar or ``(B,)``.
+        border: ``"shift"`` or ``"clip"``.
 
     Returns:
         ``mask``: ``(B, H, W)`` bool, True inside the box; ``masked``: ``(B,)``
-        float32, the real (clipped) masked fraction of each image.
+        float32, the real masked fraction of each image (``side_h * side_w /
+        (H * W)`` when shifted: the area asked, to the pixel grid).
     """
-    return boxes_at(*peak_positions(maps), area, (maps.shape[1], maps.shape[2]))
+    return boxes_at(*peak_positions(maps), area, (maps.shape[1], maps.shape[2]), border)
 
 
-def boxes_at(cy, cx, area, image_size):
+def boxes_at(cy, cx, area, image_size, border: str = "shift"):
     """Boxes centred at rows ``cy`` and columns ``cx`` (``(B,)`` int32), as
     :func:`box_masks` places them at a map's peak."""
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}.")
     height, width = int(image_size[0]), int(image_size[1])
     cy, cx = (ops.cast(ops.convert_to_tensor(c), "int32") for c in (cy, cx))
     batch = ops.shape(cy)[0]
@@ -154,6 +169,9 @@ def boxes_at(cy, cx, area, image_size):
     side_w = ops.cast(ops.floor(width * side + 0.5), "int32")
     top = cy - side_h // 2
     left = cx - side_w // 2
+    if border == "shift":  # inside the image: [0, H - side_h] (holds cy: cy < H, side_h >= 1)
+        top = ops.minimum(ops.maximum(top, 0), height - side_h)
+        left = ops.minimum(ops.maximum(left, 0), width - side_w)
     rows = ops.arange(height, dtype="int32")[None, :]  # (1, H)
     cols = ops.arange(width, dtype="int32")[None, :]
     in_rows = (rows >= top[:, None]) & (rows < (top + side_h)[:, None])  # (B, H)
@@ -196,6 +214,14 @@ def threshold_masks(maps, area):
 
 
 MASKS = {"box": box_masks, "threshold": threshold_masks}
+
+
+def place_masks(kind: str, scores, area, border: str = "shift"):
+    """``MASKS[kind]`` on ``scores`` (see :func:`placement_scores`); ``border``
+    applies to boxes (a threshold mask always takes its whole pixel count)."""
+    if kind == "box":
+        return box_masks(scores, area, border)
+    return MASKS[kind](scores, area)
 PLACEMENTS = ("peak", "random", "low")
 
 

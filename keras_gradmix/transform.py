@@ -226,7 +226,7 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
 
 def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
     where = masks.placement_scores(maps, options.placement, t.placement)
-    mask, masked = masks.MASKS[options.mask](where, t.area)
+    mask, masked = masks.place_masks(options.mask, where, t.area, options.border)
     peaked = (ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))) & finite
     sampled = ops.convert_to_tensor(t.sampled)
     applied = sampled & peaked
@@ -253,10 +253,11 @@ def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
 
 
 def _cutmix(images, maps, partner_images, t) -> MaskedBatch:
-    """A box of area ``1 - lam`` at a random centre, clipped at the border,
-    from the partner; labels weighted by the real kept and pasted areas."""
+    """A box of area ``1 - lam`` at a random centre, clipped at the border (as
+    CutMix defines it), from the partner; labels weighted by the real kept and
+    pasted areas."""
     sampled = ops.convert_to_tensor(t.sampled)
-    mask, pasted = masks.boxes_at(*t.centre, 1.0 - t.lam, images.shape[1:3])
+    mask, pasted = masks.boxes_at(*t.centre, 1.0 - t.lam, images.shape[1:3], border="clip")
     mask = mask & sampled[:, None, None]
     pasted = ops.where(sampled, pasted, 0.0)
     filled = ops.where(mask[..., None], partner_images, images)

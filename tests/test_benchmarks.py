@@ -128,7 +128,7 @@ def test_cutmix_baseline_loss_is_the_area_mixed_loss_of_the_pasted_batch(mnist, 
     centres = to_numpy(keras.random.uniform(x.shape[:3], seed=seed))
     area = float(keras.random.uniform((), 0.1, 0.5, seed=seed))
     partner = to_numpy(mixing.random_partner(16, seed=seed))
-    box = to_numpy(masks.box_masks(centres, area)[0])
+    box = to_numpy(masks.box_masks(centres, area, border="clip")[0])
     assert sorted(partner) == list(range(16)) and 0 < box.mean() < 0.5
     pasted = box.mean(axis=(1, 2))
     images = np.where(box[..., None], x[partner], x)
@@ -194,7 +194,9 @@ def test_attribution_control_smoke_reports_paired_contrasts_and_resumes(tmp_path
     runs = attribution_control.main(args)
     assert [(r["cell"], r["seed"]) for r in runs] == [
         (c, s) for s in (0, 1) for c in ("plain", "gradmix", "gradmix, random placement", "outlier, peak")]
-    assert runs[2]["options"] == {"placement": "random"} and runs[3]["options"] == {"masked_as": "outlier"}
+    assert runs[2]["options"] == {"placement": "random", "border": "shift"}
+    assert runs[3]["options"] == {"masked_as": "outlier", "border": "shift"}
+    assert runs[2]["masking"]["after"]["shift/random"] == pytest.approx(runs[2]["masking"]["after"]["shift/peak"])
     assert all("knn" in r["results"] for r in runs)
     text = (tmp_path / "control.md").read_text()
 

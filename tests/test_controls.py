@@ -96,18 +96,64 @@ def test_preview_masks_the_same_area_elsewhere(batch, mask, placement):
     applied = to_numpy(peak.applied)
     np.testing.assert_array_equal(applied, to_numpy(other.applied))
     assert (to_numpy(peak.mask) != to_numpy(other.mask)).any()
-    # The same area asked; a box is clipped at the border wherever it lands (peaks
-    # near the border mask less), and the label weights follow the real area.
-    area = to_numpy(other.mask).mean(axis=(1, 2))
-    assert (area <= 0.25 + 1e-6).all() and (area[applied] > 0).all()
-    if mask == "threshold":
+    # The same area wherever the mask lands (a 14 x 14 box, shifted inside the
+    # image near the border; 196 pixels), and the label weights follow it.
+    for out in (peak, other):
+        area = to_numpy(out.mask).mean(axis=(1, 2))
         np.testing.assert_allclose(area[applied], 0.25)
-    np.testing.assert_allclose(to_numpy(other.own)[applied], 1.0 - area[applied], rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(out.own)[applied], 0.75, rtol=1e-6)
     maps, masks = to_numpy(other.maps), to_numpy(other.mask)
     if placement == "low":  # the box holds a minimum; the threshold mask the lowest pixels
         low = [m[k].max() <= m[~k].min() if mask == "threshold" else m[k].min() == m.min()
                for m, k in zip(maps, masks) if k.any()]
         assert low and all(low)
+
+
+def corner_and_edge_inputs(placement):
+    """Maps, and draws, whose peak, random place or least-attended place is
+    in a corner or on an edge of an 8 x 10 image (one image each)."""
+    spots = [(0, 0), (0, 9), (7, 0), (7, 9), (0, 4), (7, 5), (3, 0), (4, 9)]
+    maps = np.full((len(spots), 8, 10), 0.5, "float32")
+    draw = np.full((len(spots), 8, 10), 0.1, "float32")
+    for i, (r, c) in enumerate(spots):
+        if placement == "peak":
+            maps[i, r, c] = 1.0
+        elif placement == "low":
+            maps[i, r, c], maps[i, 3, 3] = 0.0, 1.0
+        else:
+            maps[i, 3, 3], draw[i, r, c] = 1.0, 0.9
+    return maps, draw, spots
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("mask", ["box", "threshold"])
+@pytest.mark.parametrize("placement", ["peak", "random", "low"])
+def test_every_placement_masks_the_area_asked_at_corners_and_edges(placement, mask, compiled):
+    # 0.2 of 8 x 10: a box of round(8 * 0.447) x round(10 * 0.447) = 4 x 4 = 16 px,
+    # a threshold mask of round(0.2 * 80) = 16 px: the same pixel count.
+    options = GradMixConfig(placement=placement, mask=mask, mask_area=(0.2, 0.2), fill=0.0)
+    maps, draw, spots = corner_and_edge_inputs(placement)
+    images = np.ones((len(spots), 8, 10, 1), "float32")
+
+    def masked(images, maps, draw):
+        t = sample_transformation(options, len(spots), (8, 10), seed=0)
+        out = apply_transformation(images, maps, t._replace(placement=draw), options)
+        return out.mask, out.area, out.own
+
+    if compiled:
+        masked = xla(masked)
+    mask_, area, own = (to_numpy(v) for v in masked(images, maps, draw))
+    np.testing.assert_array_equal(mask_.sum(axis=(1, 2)), 16)
+    np.testing.assert_allclose(area, 0.2)  # gradmix_area's per-image share
+    np.testing.assert_allclose(own, 0.8)
+    rows, cols = zip(*spots)
+    assert mask_[np.arange(len(spots)), rows, cols].all()  # the chosen place is masked
+    if mask == "box":  # the authors' clipping, one option away, masks less at every spot
+        clip = options.replace(border="clip")
+        t = sample_transformation(clip, len(spots), (8, 10), seed=0)._replace(placement=draw)
+        out = apply_transformation(images, maps, t, clip)
+        assert (to_numpy(out.mask).sum(axis=(1, 2)) < 16).all()
+        np.testing.assert_allclose(to_numpy(out.area), to_numpy(out.mask).mean(axis=(1, 2)))
 
 
 @xla_only
@@ -245,6 +291,25 @@ def test_outlier_and_placement_save_and_load(tmp_path, batch):
         assert getattr(loaded.options, name) == value
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), gm.predict(x, verbose=0))
     assert np.isfinite(loaded.fit(x, y, epochs=1, verbose=0).history["loss"]).all()
+
+
+@pytest.mark.parametrize("jit", jit_choices())
+@pytest.mark.parametrize("border", ["shift", "clip"])
+def test_border_trains_compiled_and_survives_save_and_load(tmp_path, batch, border, jit):
+    x, y = batch
+    gm = GradMixModel(sequential_cnn(), "conv2", border=border, **STEP)
+    gm.compile(optimizer=keras.optimizers.SGD(0.01), loss=sparse_ce(), jit_compile=jit)
+    area = gm.fit(x, y, batch_size=8, epochs=1, verbose=0).history["gradmix_area"][0]
+    preview = gm.preview(x, y)
+    shares = to_numpy(preview.mask).mean(axis=(1, 2))[to_numpy(preview.applied)]
+    if border == "shift":  # 14 x 14 of 28 x 28 wherever the box lands
+        np.testing.assert_allclose([area, *shares], 0.25, rtol=1e-6)
+    else:
+        assert area <= 0.25 + 1e-6 and (shares <= 0.25 + 1e-6).all()
+    gm.save(tmp_path / "border.keras")
+    loaded = keras.saving.load_model(tmp_path / "border.keras")
+    assert loaded.options.border == border
+    np.testing.assert_array_equal(to_numpy(loaded.preview(x, y).mask), to_numpy(preview.mask))
 
 
 @pytest.mark.parametrize("jit", jit_choices())

@@ -1,8 +1,11 @@
 """keras_gradmix.attribution_maps: any classifier's maps in one call."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
+from scipy import stats
 
 import keras_gradmix
 from conftest import cnn_layers, to_numpy
@@ -66,42 +69,88 @@ def test_errors(kwargs, message):
         keras_gradmix.attribution_maps(identity_model(), **arguments)
 
 
-def test_faithfulness_exact_drops_of_a_hand_built_model():
-    # Class 0's probability is sigmoid(2 * mean(x)) and its map the image itself:
-    # x[i, j] = (4 i + j) / 15 peaks at (3, 3) and is lowest at (0, 0).
-    x = (np.arange(16, dtype="float32") / 15.0).reshape(1, 4, 4, 1)
-    model = identity_model()
-    result = keras_gradmix.faithfulness(model, x, [0], layer="feat", area=0.25, seed=0)
+def sigmoid_model_drops(x, area_side=2):
+    """Brute force for identity_model: class 0's probability is sigmoid(2 mean(x)),
+    its map the image (min-max normalised); boxes of area_side^2 px shifted
+    inside the image, at the peak, the draw's maximum and the minimum."""
+    draw = np.random.default_rng(0).uniform(size=x.shape[:3])
 
     def prob(image):
         return 1.0 / (1.0 + np.exp(-2.0 * image.mean()))
 
-    def blank(cy, cx):  # a 2x2 box (area 0.25 of 4x4), rows [cy - 1, cy + 1), clipped
-        out = x[0, ..., 0].copy()
-        out[max(cy - 1, 0):cy + 1, max(cx - 1, 0):cx + 1] = 0.0
+    def blank(image, flat_index):
+        cy, cx = np.unravel_index(flat_index, image.shape)
+        top = min(max(cy - area_side // 2, 0), image.shape[0] - area_side)
+        left = min(max(cx - area_side // 2, 0), image.shape[1] - area_side)
+        out = image.copy()
+        out[top:top + area_side, left:left + area_side] = 0.0
         return out
 
-    clean = prob(x[0])
-    centre = np.unravel_index(np.random.default_rng(0).uniform(size=(1, 4, 4))[0].argmax(), (4, 4))  # (2, 1)
-    np.testing.assert_allclose(result["clean"], [clean], rtol=1e-6)
-    np.testing.assert_allclose(result["peak"], clean - prob(blank(3, 3)), rtol=1e-5)  # 10, 11, 14, 15
-    np.testing.assert_allclose(result["low"], clean - prob(blank(0, 0)), atol=1e-7)  # only (0, 0) = 0
-    np.testing.assert_allclose(result["low"], 0.0, atol=1e-7)
-    np.testing.assert_allclose(result["random"], clean - prob(blank(*centre)), rtol=1e-5)
-    assert result["peak"] > result["random"] >= result["low"]
-    assert set(result["per_image"]) == {"peak", "random", "low"}
-    # Probabilities in, the same drops; a softmax model's output said so.
+    clean = np.array([prob(i[..., 0]) for i in x])
+    drops = {place: np.array([c - prob(blank(i[..., 0], pick(i[..., 0], d)))
+                              for c, i, d in zip(clean, x, draw)])
+             for place, pick in (("peak", lambda i, d: i.argmax()), ("random", lambda i, d: d.argmax()),
+                                 ("low", lambda i, d: i.argmin()))}
+    return clean, drops
+
+
+def test_faithfulness_exact_drops_spread_and_intervals_of_a_hand_built_model():
+    # Ramps peaking in a corner (and lowest in the opposite one), with shifted
+    # 2x2 boxes (area 0.25 of 4x4): the same 4 pixels blanked at every place.
+    ramp = np.arange(16, dtype="float32").reshape(4, 4) / 15.0
+    x = np.stack([ramp, ramp[::-1, ::-1], ramp.T, 0.5 * ramp[::-1]])[..., None]
+    model = identity_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = keras_gradmix.faithfulness(model, x, [0] * 4, layer="feat", area=0.25, seed=0)
+    clean, drops = sigmoid_model_drops(x)
+    np.testing.assert_allclose(result["clean"], clean, rtol=1e-6)
+    drops["peak - random"] = drops["peak"] - drops["random"]
+    for key, expected in drops.items():
+        np.testing.assert_allclose(result["per_image"][key], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(result[key], expected.mean(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(result["std"][key], expected.std(ddof=1), rtol=1e-4, atol=1e-7)
+        half = stats.t.ppf(0.975, 3) * expected.std(ddof=1) / 2.0
+        np.testing.assert_allclose(result["interval"][key], [expected.mean() - half, expected.mean() + half],
+                                   rtol=1e-4, atol=1e-7)
+    assert result["peak"] > result["random"] > result["low"]
+    low, high = result["interval"]["peak - random"]
+    assert any("contains 0" in str(w.message) for w in caught) == (low <= 0 <= high)
+    assert not any("near chance" in str(w.message) for w in caught)
+    # A softmax at the end is detected (output="auto"): the same drops, not softmaxed twice.
     softmax = keras.Sequential([model, keras.layers.Softmax()])
-    same = keras_gradmix.faithfulness(softmax, x, [0], layer=f"{model.name}/feat", seed=0,
-                                      output="probabilities")
-    np.testing.assert_allclose([same[k] for k in ("peak", "random", "low")],
-                               [result[k] for k in ("peak", "random", "low")], rtol=1e-5, atol=1e-7)
+    for output in ("auto", "probabilities"):
+        same = keras_gradmix.faithfulness(softmax, x, [0] * 4, layer=f"{model.name}/feat", seed=0,
+                                          output=output)
+        np.testing.assert_allclose([same[k] for k in drops], [result[k] for k in drops],
+                                   rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="outputs are probabilities"):
+        keras_gradmix.faithfulness(softmax, x, [0] * 4, layer=f"{model.name}/feat", output="logits")
+    with pytest.raises(ValueError, match="look like logits"):
+        keras_gradmix.faithfulness(model, x, [0] * 4, layer="feat", output="probabilities")
+
+
+def test_t_quantile_matches_scipy():
+    from keras_gradmix.faithfulness import t_quantile
+
+    for dof in (1, 2, 3, 4, 5, 9, 30, 999):
+        assert t_quantile(dof) == pytest.approx(stats.t.ppf(0.975, dof), abs=3e-3)
+
+
+def test_faithfulness_warns_when_the_answer_says_nothing():
+    x = np.random.default_rng(0).random((6, 4, 4, 1)).astype("float32")
+    chance = identity_model()
+    chance.get_layer("head").set_weights([np.zeros((1, 2), "float32")])  # p = 0.5 for both classes
+    with pytest.warns(UserWarning, match="near chance"):
+        keras_gradmix.faithfulness(chance, x, [0] * 6, layer="feat")
+    with pytest.warns(UserWarning, match="one image gives no interval"):
+        keras_gradmix.faithfulness(identity_model(), x[:1], [0], layer="feat")
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(area=0.0), "area must be in"),
     (dict(fill="noise"), "constant fill"),
-    (dict(output="softmax"), "'logits' or 'probabilities'"),
+    (dict(output="softmax"), "output must be one of"),
 ])
 def test_faithfulness_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -18,7 +18,7 @@ def peaked_maps(shape, peaks):
 def test_box_position_size_clipping_and_real_area():
     # 10 x 12 image, area 0.25 -> sides round(10 * 0.5) = 5 rows, round(12 * 0.5) = 6 cols.
     maps = peaked_maps((3, 10, 12), [(2, 3), (9, 11), (5, 0)])
-    mask, masked = box_masks(maps, 0.25)
+    mask, masked = box_masks(maps, 0.25, border="clip")
     mask, masked = to_numpy(mask), to_numpy(masked)
     expected = np.zeros((3, 10, 12), bool)
     expected[0, 0:5, 0:6] = True  # rows [2-2, 2+3), cols [3-3, 3+3): fits exactly
@@ -27,6 +27,44 @@ def test_box_position_size_clipping_and_real_area():
     np.testing.assert_array_equal(mask, expected)
     np.testing.assert_allclose(masked, [30 / 120, 12 / 120, 15 / 120])
     np.testing.assert_allclose(masked, mask.mean(axis=(1, 2)))
+
+
+# Peaks in the four corners, on the four edges and inside a 10 x 12 image.
+BORDER_PEAKS = [(0, 0), (0, 11), (9, 0), (9, 11), (0, 5), (9, 6), (4, 0), (5, 11), (2, 3)]
+
+
+def test_shifted_boxes_keep_their_area_and_hold_the_peak():
+    maps = peaked_maps((9, 10, 12), BORDER_PEAKS)
+    mask, masked = box_masks(maps, 0.25)  # the default: shifted inside the image
+    mask, masked = to_numpy(mask), to_numpy(masked)
+    # 5 x 6 boxes, rows [cy - 2, cy + 3) and cols [cx - 3, cx + 3) moved inside [0, 10) x [0, 12).
+    tops, lefts = [0, 0, 5, 5, 0, 5, 2, 3, 0], [0, 6, 0, 6, 2, 3, 0, 6, 0]
+    expected = np.zeros((9, 10, 12), bool)
+    for i, (top, left) in enumerate(zip(tops, lefts)):
+        expected[i, top:top + 5, left:left + 6] = True
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_allclose(masked, 30 / 120)
+    np.testing.assert_allclose(mask.mean(axis=(1, 2)), 30 / 120)
+    rows, cols = zip(*BORDER_PEAKS)
+    assert mask[np.arange(9), rows, cols].all()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("area", [0.1, 0.3, 0.49])
+def test_shifted_boxes_are_the_area_asked_to_the_pixel_grid(area, compiled):
+    maps = peaked_maps((9, 10, 12), BORDER_PEAKS)
+    fn = lambda m: box_masks(m, area)  # noqa: E731
+    mask, masked = (xla(fn) if compiled else fn)(maps)
+    side_h, side_w = int(np.floor(10 * np.sqrt(area) + 0.5)), int(np.floor(12 * np.sqrt(area) + 0.5))
+    np.testing.assert_array_equal(to_numpy(mask).sum(axis=(1, 2)), side_h * side_w)
+    np.testing.assert_allclose(to_numpy(masked), side_h * side_w / 120)
+    # Whole pixels: the share is within one row and one column of the area asked.
+    assert abs(side_h * side_w / 120 - area) <= (side_h + side_w + 1) / 120
+
+
+def test_box_border_is_checked():
+    with pytest.raises(ValueError, match="border must be one of"):
+        box_masks(np.zeros((1, 4, 4), "float32"), 0.25, border="wrap")
 
 
 def test_box_area_per_sample_and_odd_sides():
@@ -48,10 +86,11 @@ def test_peak_ties_take_the_first_in_raster_order():
 
 
 def test_box_masks_compile_with_xla_and_dynamic_batch():
-    fn = xla(lambda m, a: box_masks(m, a))
+    fn = xla(lambda m, a: (box_masks(m, a), box_masks(m, a, border="clip")))
     maps = peaked_maps((3, 10, 12), [(2, 3), (9, 11), (5, 0)])
-    mask, masked = fn(maps, np.float32(0.25))
-    np.testing.assert_allclose(to_numpy(masked), [30 / 120, 12 / 120, 15 / 120])
+    (_, shifted), (_, clipped) = fn(maps, np.float32(0.25))
+    np.testing.assert_allclose(to_numpy(shifted), 30 / 120)
+    np.testing.assert_allclose(to_numpy(clipped), [30 / 120, 12 / 120, 15 / 120])
 
 
 def test_mask_area_follows_the_paper_range():
