@@ -112,13 +112,14 @@ def one_hot_batches(ds, classes: int, method: str, seed: int):
 
 def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose=0,
           options: dict | None = None, recipe: dict | None = None,
-          logs: dict | None = None) -> tuple[keras.Model, float]:
+          logs: dict | None = None, callbacks=None) -> tuple[keras.Model, float]:
     """The lean CNN trained with ``method`` on ``(images, integer labels)``
     batches; returns the model (the encoder for contrastive methods) and the
     training time in seconds. ``options`` update ``GRADMIX`` for the GradMix
     methods; ``recipe``: :class:`~keras_gradmix.contrastive.Contrastive`
     arguments (``temperature``...) of the contrastive ones. ``logs``, if given,
-    receives the History's masking metrics per epoch (``gradmix_area``...)."""
+    receives the History's masking metrics per epoch (``gradmix_area``...);
+    ``callbacks`` go to ``fit`` (their ``model`` is the trainer)."""
     input_shape = tuple(train_data.element_spec[0].shape[1:])
     contrastive = method in CONTRASTIVE
     model = lean_cnn(input_shape, classes, seed, projection=contrastive)
@@ -144,7 +145,7 @@ def train(method: str, train_data, classes: int, seed: int, epochs: int, verbose
     batches = (view_pairs(train_data, seed) if contrastive
                else one_hot_batches(train_data, classes, method, seed))
     start = time.perf_counter()
-    history = trainer.fit(batches, epochs=epochs, verbose=verbose).history
+    history = trainer.fit(batches, epochs=epochs, verbose=verbose, callbacks=callbacks).history
     if logs is not None:
         logs.update({k: [float(v) for v in values] for k, values in history.items()
                      if k.startswith("gradmix_")})
