@@ -244,3 +244,75 @@ def test_faithfulness_smoke_writes_a_row_per_layer_and_attribution(tmp_path):
     text = (tmp_path / "faithfulness.md").read_text()
     assert "`python benchmarks/faithfulness.py --smoke --out" in text
     assert text.count("| small_cnn (") == 6
+
+
+def test_shortcut_cues_are_where_the_labels_say():
+    import shortcut
+
+    x = np.zeros((6, 28, 28, 1), "float32")
+    patched = shortcut.add_cue(x, np.arange(6), "patch", 6)
+    checker = np.add.outer(np.arange(4), np.arange(4)) % 2
+    for k, (r, c) in enumerate(shortcut.PLACES):
+        np.testing.assert_array_equal(patched[k, r:r + 4, c:c + 4, 0], checker)
+        assert patched[k].sum() == 8  # nothing else changed
+    np.testing.assert_array_equal(shortcut.cue_masks(np.arange(6), (28, 28)), _cue_pixels(shortcut.PLACES))
+    striped = shortcut.add_cue(x + 0.5, np.array([0, 3, 0, 3, 0, 3]), "grating", 6)
+    assert striped.max() == 0.5  # the stripes (at most 0.3) stay under the object
+    faint = shortcut.add_cue(x[:2], np.array([0, 3]), "grating", 6)
+    np.testing.assert_allclose(faint[0, :, 5, 0], faint[0, :, 0, 0])  # 0 degrees: constant along rows
+    np.testing.assert_allclose(faint[1, 5, :, 0], faint[1, 0, :, 0], atol=1e-6)  # 90 degrees
+    assert 0.25 < faint.max() <= 0.3
+
+
+def _cue_pixels(places):
+    out = np.zeros((len(places), 28, 28), bool)
+    for k, (r, c) in enumerate(places):
+        out[k, r:r + 4, c:c + 4] = True
+    return out
+
+
+def test_shortcut_arrays_put_the_cue_with_the_label_rho_of_the_time():
+    import shortcut
+
+    arrays = shortcut.shortcut_arrays("mnist5k", 0, 100, 0.9, "patch", seed=0, limit_test=200)
+    x, y = arrays["train"]
+    assert abs(arrays["aligned_rate"] - 0.9) < 0.05 and len(y) == 600
+    where = arrays["train_where"]
+    cue = shortcut.cue_masks(where, (28, 28))
+    checker = np.tile(np.add.outer(np.arange(4), np.arange(4)) % 2, (len(x), 1))
+    np.testing.assert_array_equal(x[..., 0][cue].reshape(-1, 4), checker.reshape(-1, 4))
+    known = arrays["known"]
+    labels = known["aligned"][1]
+    for name, rule in (("aligned", lambda w: w == labels), ("conflicting", lambda w: w != labels)):
+        images = known[name][0][..., 0]
+        found = np.array([[(img[r:r + 4, c:c + 4] == checker[:4]).all() for r, c in shortcut.PLACES]
+                          for img in images]).argmax(1)
+        assert rule(found).all(), name
+    np.testing.assert_array_equal(known["no cue"][0], shortcut.open_set_arrays(
+        "mnist5k", 0, 100, limit_test=200)["known_test"][0])
+    again = shortcut.shortcut_arrays("mnist5k", 0, 100, 0.9, "patch", seed=0, limit_test=200)
+    np.testing.assert_array_equal(again["train"][0], x)  # the same for every cell of a pair
+
+
+def test_shortcut_smoke_pairs_cells_and_measures_the_mechanism(tmp_path):
+    import shortcut
+
+    args = ["--smoke", "--splits", "0", "--seeds", "0,1", "--rho", "0.99",
+            "--cells", "plain,peak-paired,random-paired", "--out", str(tmp_path / "runs"),
+            "--summary", str(tmp_path / "shortcut.md")]
+    runs = shortcut.main(args)
+    assert [(r["cell"], r["seed"]) for r in runs] == [
+        (c, s) for s in (0, 1) for c in ("plain", "gradmix peak, paired", "gradmix random, paired")]
+    assert runs[0]["cue_coverage"] is None and len(runs[1]["cue_coverage"]) == 1
+    assert runs[2]["options"] == {"placement": "random"}
+    for r in runs:
+        assert set(shortcut.TEST_SETS) <= {k.split("/")[1] for k in r["results"] if k.startswith("acc/")}
+        low, high = r["results"]["faith/peak - random/interval"]
+        assert low <= r["results"]["faith/peak - random"] <= high
+    text = (tmp_path / "shortcut.md").read_text()
+    by = {(r["cell"], r["seed"]): 100 * r["results"]["acc/conflicting"] for r in runs}
+    diff = np.mean([by[("gradmix peak, paired", s)] - by[("plain", s)] for s in (0, 1)])
+    row = text.split("| gradmix peak, paired − plain |")[1].splitlines()[0]
+    assert row.startswith(f" {diff:+.2f} [")
+    again = shortcut.main(args)  # resumes from the per-run files
+    assert [r["results"] for r in again] == [r["results"] for r in runs]
