@@ -230,6 +230,68 @@ def plot(rows, names, path):
     figure.savefig(path)
 
 
+def collect(args, names, splits, seeds, border, out, reuse_dirs, finished_only) -> list[dict]:
+    """Every run of ``names`` x ``splits`` x ``seeds`` with ``border``: reused,
+    stored in ``out``, or trained there (unless ``finished_only``)."""
+    runs = []
+    for split in splits:
+        data = open_set_arrays(args.dataset, split, args.train_per_class, args.data_dir,
+                               limit_test=256 if args.smoke else None)
+        for seed in seeds:
+            for name in names:
+                run = reused(reuse_dirs, name, split, seed, args.epochs, len(data["train"][0]), border)
+                path = os.path.join(out, f"{CELLS[name][0]}_split{split}_seed{seed}.json")
+                if run is None and not (finished_only and not os.path.exists(path)):
+                    run = cached_run(path, args.epochs, f"{name} split {split} seed {seed}",
+                                     lambda: run_one(data, name, split, seed, args.epochs,
+                                                     args.batch_size, border))
+                if run is not None:
+                    runs.append(run)
+    return runs
+
+
+def side_by_side(earlier, runs, names) -> list[dict]:
+    """The differences to plain and the contrasts with clipped boxes (the first
+    study) and shifted ones (the same area at every place), column by column."""
+    entries = [(name, "plain", f"{name} − plain") for name in names[1:]]
+    entries += [(c, b, label) for c, b, label in CONTRASTS if c in names and b in names]
+    old, new = flatten(earlier), flatten(runs)
+    out = []
+    for cell, baseline, label in entries:
+        row = {"contrast": label}
+        for metric, key in (("AUROC (MLS)", "mls/auroc"), ("AUROC (kNN)", "knn/auroc"),
+                            ("accuracy", "mls/accuracy")):
+            for border, rows in (("clipped", old), ("shifted", new)):
+                pair = [r for r in rows if r["cell"] in (cell, baseline)]
+                row[f"Δ{metric}, {border}"] = interval(differences(pair, key, baseline).get(cell))
+        out.append(row)
+    return out
+
+
+def share_rows(runs, names) -> list[dict]:
+    """Per GradMix cell: the share of an image its boxes mask, measured on its
+    trained models (1,000 known test images, the study's areas): shifted (as
+    trained) and what clipping would mask at the same place; and ``gradmix_area``
+    of the last training epoch."""
+    out = []
+    for name in names[1:]:
+        own = [r for r in runs if r["cell"] == name and r.get("masking", {}).get("after")]
+        if not own:
+            continue
+        place = CELLS[name][2].get("placement", "peak")
+        out.append({"cell": name, "runs": len(own), "placement": place,
+                    "share, shifted": f"{np.mean([r['masking']['after'][f'shift/{place}'] for r in own]):.3f}",
+                    "share, clipped": f"{np.mean([r['masking']['after'][f'clip/{place}'] for r in own]):.3f}",
+                    "gradmix_area (last epoch)":
+                        f"{np.mean([r['masking']['gradmix_area'][-1] for r in own]):.3f}"})
+    return out
+
+
+BOXES = {"shift": "shifted inside the image near the border (`border='shift'`: the same area at "
+                  "every place)",
+         "clip": "clipped at the border (`border='clip'`, the first study)"}
+
+
 def command() -> str:
     return " ".join(["python benchmarks/attribution_control.py", *sys.argv[1:]])
 
@@ -254,6 +316,8 @@ def main(argv=None):
     parser.add_argument("--reuse", default=",".join(os.path.join("docs", "results", d) for d in
                                                     ("sensitivity", "attribution_control")),
                         help="comma-separated folders of earlier runs of this regime ('' for none)")
+    parser.add_argument("--compare", default=os.path.join("docs", "results", "attribution_control"),
+                        help="with --border shift: the clipped runs to set beside ('' for none)")
     parser.add_argument("--summary", default=os.path.join("docs", "results", "attribution_control.md"))
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: summarise the runs already there")
@@ -262,6 +326,7 @@ def main(argv=None):
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if args.smoke:
         args.dataset, args.epochs, args.train_per_class, args.reuse = "mnist5k", 1, 32, ""
+        args.compare = args.compare if "--compare" in (argv or sys.argv) else ""
     results_dir = os.path.join("docs", "results")
     args.out = args.out or os.path.join(
         results_dir, "attribution_control" + ("_exact" if args.border == "shift" else ""))
@@ -273,21 +338,10 @@ def main(argv=None):
     names = [by_slug[s] for s in slugs]
     splits = [int(s) for s in args.splits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = []
-    for split in splits:
-        data = open_set_arrays(args.dataset, split, args.train_per_class, args.data_dir,
-                               limit_test=256 if args.smoke else None)
-        for seed in seeds:
-            for name in names:
-                run = reused(reuse_dirs, name, split, seed, args.epochs, len(data["train"][0]),
-                             args.border)
-                path = os.path.join(args.out, f"{CELLS[name][0]}_split{split}_seed{seed}.json")
-                if run is None and not (args.finished_only and not os.path.exists(path)):
-                    run = cached_run(path, args.epochs, f"{name} split {split} seed {seed}",
-                                     lambda: run_one(data, name, split, seed, args.epochs,
-                                                     args.batch_size, args.border))
-                if run is not None:
-                    runs.append(run)
+    runs = collect(args, names, splits, seeds, args.border, args.out, reuse_dirs, args.finished_only)
+    earlier = None
+    if args.border == "shift" and args.compare:  # the first study's clipped boxes, beside
+        earlier = collect(args, names, splits, seeds, "clip", args.compare, reuse_dirs, True)
     rows = flatten(runs)
     wanted = len(splits) * len(seeds) * len(names)
     progress = (f" **Finished runs only: {len(runs)} of {wanted}**; the rest train when the command "
@@ -299,6 +353,8 @@ def main(argv=None):
             "reused": sorted(r["reused_from"] for r in runs if "reused_from" in r),
             "keras": keras.__version__, "tensorflow": tf.__version__, "machine": machine()}
     contrasts = contrast_rows(rows, names)
+    compared = side_by_side(earlier, runs, names) if earlier else []
+    shares = share_rows(runs, names)
     png = os.path.splitext(args.summary)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
     plot(rows, names, png)
@@ -308,15 +364,26 @@ def main(argv=None):
         f"{args.train_per_class or 'all'} images per known class for {args.epochs} epochs (Adam "
         f"1e-3, cosine decay to 0, batch {args.batch_size}); every known- and unknown-class test "
         f"image scored with the max logit (MLS) and kNN (Sun et al., k = 3, on the GAP features). "
-        f"GradMix: {meta['gradmix']}, noise fill, paired, label target. `random placement` puts "
-        f"the same box (same area, fill, label weights) at a uniformly random place; `outlier` "
+        f"GradMix: {meta['gradmix']}, noise fill, paired, label target; boxes "
+        f"{BOXES[args.border]}. "
+        f"`random placement` puts "
+        f"the same box (same area asked, fill, label weights) at a uniformly random place; `outlier` "
         f"trains the masked images toward the uniform distribution over the known classes "
         f"(weight 0.5) instead of their label. Mean ± std (%) over runs (train time: the median); Δ = per-pair "
         f"difference on the same split and seed: mean, 95 % t-interval (df = pairs − 1), "
         f"(pairs where the first is higher / pairs). The plain and paper-configuration runs "
-        f"of splits 0-1 x seeds 0-1 are the sensitivity study's ({len(meta['reused'])} reused; "
-        f"no kNN score, so the kNN columns have fewer pairs).{progress}", "",
+        f"of splits 0-1 x seeds 0-1 are the sensitivity study's, the other plain runs the first "
+        f"placement study's ({len(meta['reused'])} reused; the sensitivity study's have no kNN "
+        f"score, so the kNN columns have fewer pairs).{progress}", "",
         cell_table(rows, names), "",
+        *(["**Clipped vs shifted boxes**: the first study (boxes clipped at the border, "
+           f"`--border clip`, in {args.compare}) beside this one, the same differences:", "",
+           to_markdown(compared), ""] if compared else []),
+        *(["**The share of the image masked**, measured on each cell's trained models (1,000 "
+           "known test images, one area per image from the study's range): with the boxes "
+           "shifted inside the image (as trained: the same at every place) and what clipping "
+           "would mask at the same places, and `gradmix_area` in the History:", "",
+           to_markdown(shares), ""] if shares else []),
         "**The contrasts** (cell − baseline on the same split and seed):", "",
         to_markdown(contrasts) if contrasts else "(no pair yet)", "",
         "ΔAUROC (MLS) vs plain per split: the mean over seeds (each seed's difference); the "
@@ -329,7 +396,8 @@ def main(argv=None):
     with open(args.summary, "w") as f:
         f.write(text)
     with open(os.path.splitext(args.summary)[0] + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows, "contrasts": contrasts}, f, indent=1)
+        json.dump({"meta": meta, "rows": rows, "contrasts": contrasts, "compared": compared,
+                   "shares": shares}, f, indent=1)
     print(text)
     return runs
 
