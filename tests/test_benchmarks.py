@@ -239,7 +239,8 @@ def test_faithfulness_smoke_writes_a_row_per_layer_and_attribution(tmp_path):
     assert [(r["layer"], r["attribution"]) for r in rows] == [
         (layer, a) for layer in ("conv1", "conv2") for a in ("layercam", "gradcam", "gradcam++")]
     for r in rows:
-        assert r["faithful"] == (r["peak"] > r["random"] > r["low"])
+        low, high = r["peak_minus_random_interval"]
+        assert r["faithful"] == (low > 0 and r["random"] > r["low"]) and low <= r["peak_minus_random"] <= high
         assert r["peak_minus_random"] == pytest.approx(r["peak"] - r["random"], abs=1e-9)
     text = (tmp_path / "faithfulness.md").read_text()
     assert "`python benchmarks/faithfulness.py --smoke --out" in text
