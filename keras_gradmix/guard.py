@@ -43,12 +43,25 @@ def all_finite(gradients):
     return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
 
 
+def scales_loss(optimizer) -> bool:
+    """Whether ``optimizer`` is a ``LossScaleOptimizer`` (``compile`` wraps
+    the optimizer in one under ``mixed_float16``)."""
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
 def verdict(gm, code, gradients):
     """Records the batch (:meth:`GradMixModel.guard_record`) and returns a
     bool scalar: whether its update may be applied (no problem in it and none
     earlier in the epoch). Assigns variables: inside a JAX step, call it in a
-    ``StatelessScope``."""
-    code = code + ops.where(all_finite(gradients), 0, 2 ** PROBLEMS.index("gradients"))
+    ``StatelessScope``.
+
+    Under a ``LossScaleOptimizer`` non-finite gradients of finite loss terms
+    are an overflow of the scaled loss: the optimizer's business (it skips the
+    step and lowers the scale, as in plain Keras), not a bad batch. A
+    non-finite loss term (a NaN pixel, an overflow of the forward itself) is
+    still one."""
+    if not scales_loss(gm.optimizer):
+        code = code + ops.where(all_finite(gradients), 0, 2 ** PROBLEMS.index("gradients"))
     record, batch = gm.guard_variables
     latched = ops.not_equal(record.value[0], 0)
     first = ops.not_equal(code, 0) & ops.logical_not(latched)

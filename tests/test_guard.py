@@ -108,3 +108,60 @@ def test_messages_name_every_problem():
     assert "labels at epoch 4, batch 17 are not classes" in text
     assert message([0, 0, 0]) is None
     assert message([2 ** PROBLEMS.index("labels"), 0, 0])[0] is ValueError
+
+
+# ------------------------------------------------------------ mixed precision
+def half_precision_cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, dtype="float32"),
+    ])
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def applied_steps(trainer) -> int:
+    return int(to_numpy(trainer.optimizer.inner_optimizer.iterations))
+
+
+@pytest.mark.parametrize("pixels,scale", [(255.0, 2.0**15), (1.0, 2.0**30)])
+def test_loss_scale_overflows_are_the_optimizer_s_business_as_in_plain_keras(mixed_float16, pixels, scale):
+    """The first steps overflow in float16; LossScaleOptimizer skips them and
+    lowers the scale. GradMix applies as many steps as plain Keras does (it
+    applied none: every overflow was taken for a bad batch)."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((640, 16, 16, 1)) * pixels).astype("float32")
+    y = rng.integers(0, 10, 640)
+    counts = {}
+    for wrapped in (False, True):
+        model = half_precision_cnn()
+        trainer = GradMixModel(model, "conv2", value_range=(0, pixels), seed=0) if wrapped else model
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(), initial_scale=scale)
+        trainer.compile(optimizer=optimizer, loss=sparse_ce())
+        trainer.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+        counts[wrapped] = applied_steps(trainer)
+        assert float(to_numpy(trainer.optimizer.dynamic_scale)) < scale  # overflows lowered it
+    assert 5 <= counts[False] < 20 and abs(counts[True] - counts[False]) <= 2, counts
+
+
+def test_a_nan_image_under_loss_scaling_is_still_a_bad_batch(mixed_float16):
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 10, 96)
+    x[70] = np.nan  # batch 2
+    model = half_precision_cnn()
+    gm = GradMixModel(model, "conv2", seed=0)
+    gm.compile(optimizer="adam", loss=sparse_ce())  # compile wraps it in a LossScaleOptimizer
+    assert isinstance(gm.optimizer, keras.optimizers.LossScaleOptimizer)
+    with pytest.raises(FloatingPointError, match="loss is not finite at epoch 0, batch 2"):
+        gm.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)
