@@ -265,6 +265,11 @@ class GradMixConfig:
         check_inputs: look at the first batch of every ``fit`` before training
             (pixels finite and in ``value_range``, labels valid class indices,
             see :mod:`keras_gradmix.inspection`); False skips it.
+        check_every: after a bad batch ``fit`` stops at the next step's end
+            where Keras reads the logs at once (TensorFlow), and at the latest
+            this many steps after it (JAX and PyTorch read them in a thread):
+            every ``check_every`` steps it reads the guard's record on the
+            host (:mod:`keras_gradmix.guard`); 0: no such read.
 
     Examples:
 
@@ -304,6 +309,7 @@ class GradMixConfig:
     bn_statistics: str = "clean"
     seed: int | None = None
     check_inputs: bool = True
+    check_every: int = 50
     output: int | str | None = None
     prefix_tokens: int | None = None
     token_grid: tuple[int, int] | None = None
@@ -340,6 +346,7 @@ class GradMixConfig:
             bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
             seed=_seed(self.seed),
             check_inputs=_flag("check_inputs", self.check_inputs),
+            check_every=_epochs("check_every", self.check_every),
         )
         checked["alpha"], checked["beta"] = masks.validate_beta(self.alpha, self.beta)
         if checked["masked_fraction"] == 0:

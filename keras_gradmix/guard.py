@@ -7,11 +7,12 @@ Keras' ``LossScaleOptimizer`` skips non-finite steps) and the statistics its
 forward passes wrote (BatchNorm) are put back, so weights and optimizer state
 stay exactly as they were. The first bad batch (what, epoch, batch) is kept in
 a variable, and every later step of the epoch applies no update either, so the
-weights are those before the bad batch. ``fit`` reads that record once per
-epoch (:class:`~keras_gradmix.epochs.EpochCounter`, at epoch end, where Keras
-syncs anyway) and stops with an error naming the problem, the epoch and the
-batch; nothing is read on the host per step, so Keras' asynchronous dispatch
-stays on. (PyTorch runs eagerly: there the skip itself is decided on the host,
+weights are those before the bad batch. Each step's logs say whether it was
+held (``HELD``); Keras reads the logs on the host after every step anyway (in
+its callback thread, on JAX and PyTorch), so ``fit`` ends the epoch at the next
+step's end (:class:`~keras_gradmix.epochs.EpochCounter`) and stops with an
+error naming the problem, the epoch and the batch, read from the record; no
+other host read is added, so Keras' asynchronous dispatch stays on. (PyTorch runs eagerly: there the skip itself is decided on the host,
 as ``LossScaleOptimizer`` does.)
 """
 
@@ -23,6 +24,7 @@ from keras import ops
 from keras_gradmix.objectives import TERMS
 
 PROBLEMS = (*TERMS, "gradients", "labels")  # bit i of a step's problem code
+HELD = "gradmix_held"  # in a step's logs: 1 if it applied no update (taken out by fit)
 
 
 def batch_problems(terms: dict, bad_labels=None):

@@ -210,6 +210,7 @@ class GradMixModel(keras.Model):
         except BaseException:
             compat.forget_step_functions(self)
             raise
+        logs.pop(guard.HELD, None)
         raise_if_bad(self)  # train_on_batch returns host values: a sync anyway
         if return_dict:
             return logs

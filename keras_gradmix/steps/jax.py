@@ -158,6 +158,7 @@ def train_step(gm, state, data):
         lambda: (list(trainable), list(optimizer_variables)))
     logs, metrics_variables = update_metrics(
         gm, metrics_variables, loss, x, y, y_pred, sample_weight, masked)
+    logs[guard.HELD] = jax.numpy.logical_not(ok).astype("int32")
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 

@@ -90,4 +90,4 @@ def train_step(gm, data):
     guard.keep_if_bad(ok, statistics, before)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     masking = gm.track_masking(masked, ops.shape(x)[0])
-    return {**logs, **masking}
+    return {**logs, **masking, guard.HELD: ops.cast(ops.logical_not(ok), "int32")}
