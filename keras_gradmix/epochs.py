@@ -15,11 +15,12 @@ import numpy as np
 from keras_gradmix import guard
 
 
-def raise_if_bad(gm) -> None:
+def raise_if_bad(gm, call: str = "fit") -> None:
     """Raises the guard's error if a batch was bad (and clears the record);
-    reads one small variable on the host."""
+    reads one small variable on the host. ``call``: ``"fit"`` or
+    ``"train_on_batch"``, for the message."""
     record, _ = gm.guard_variables
-    found = guard.message(np.asarray(keras.ops.convert_to_numpy(record)))
+    found = guard.message(np.asarray(keras.ops.convert_to_numpy(record)), call)
     if found:
         record.assign([0, 0, 0])
         error, text = found

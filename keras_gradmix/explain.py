@@ -74,9 +74,35 @@ def attribution_maps(
     labels = np.zeros(len(images), "int32") if labels is None else keras.ops.convert_to_numpy(labels)
     if len(labels) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(labels)} labels.")
+    if target == "label":
+        _check_labels(np.asarray(labels), model(images[:1], training=False))
     maps = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
         activations, gradients = backend_step().attribute(gm, x, labels[start:start + batch_size])
         maps.append(keras.ops.convert_to_numpy(gm.image_maps(activations, gradients, x.shape[1:3])))
     return np.concatenate(maps)
+
+
+def _check_labels(labels, outputs) -> None:
+    """Labels that name a class of the model: class indices in ``[0, K)``
+    (``{0, 1}`` for one logit), or one-hot rows of width ``K``; else the map
+    would be of no class at all."""
+    outputs = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    classes = int(outputs.shape[-1])
+    count = max(classes, 2)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        if labels.shape[1] != classes:
+            raise ValueError(
+                f"The one-hot labels have {labels.shape[1]} columns but the model has {classes} "
+                f"classes. Pass labels of width {classes}, or class indices.")
+        return
+    values = labels.ravel()
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()
+            and values.min() >= 0 and values.max() < count):
+        bad = values[~(np.isfinite(values) & (values == np.round(values)) & (values >= 0)
+                       & (values < count))][:3]
+        raise ValueError(
+            f"labels must be class indices in [0, {count}) of this {classes}-output model; got "
+            f"{bad.tolist()}: their maps would be of no class. Remap or drop those images, or "
+            f"pass labels=None for the predicted class's map.")

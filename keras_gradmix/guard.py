@@ -140,13 +140,14 @@ def keep_if_bad(ok, variables, before) -> None:
         variable.assign(ops.where(ok, variable.value, value))
 
 
-def message(record) -> tuple[type, str] | None:
-    """The error for a record ``(code, epoch, batch)``; None if no batch was bad."""
+def message(record, call: str = "fit") -> tuple[type, str] | None:
+    """The error for a record ``(code, epoch, batch)`` of ``fit`` (or of one
+    ``train_on_batch`` call); None if no batch was bad."""
     code, epoch, batch = (int(v) for v in record)
     if not code:
         return None
     terms = [name for bit, name in enumerate(TERMS) if code & 2**bit]
-    where = f"at epoch {epoch}, batch {batch}"
+    where = f"at epoch {epoch}, batch {batch}" if call == "fit" else "in this train_on_batch batch"
     problems = []
     if terms:
         problems.append(
@@ -160,8 +161,12 @@ def message(record) -> tuple[type, str] | None:
             f"some labels {where} are not classes of the model (class indices must lie in "
             f"[0, classes)); remap or drop them")
     error = ValueError if not (terms or code & 2 ** PROBLEMS.index("gradients")) else FloatingPointError
+    outcome = (
+        "No update was applied from that batch on: the weights and the optimizer state are "
+        "those before it (the batch counts the steps of the epoch from 0), and fit stopped."
+        if call == "fit" else
+        "No update was applied: the weights and the optimizer state are those before the call.")
     return error, (
-        f"GradMix: {'; '.join(problems)}. No update was applied from that batch on: the "
-        f"weights and the optimizer state are those before it (the batch counts the steps of "
-        f"the epoch from 0). Usual causes: a learning rate too high, float16 overflow, "
-        f"NaN/inf pixels or labels out of range in the data.")
+        f"GradMix: {'; '.join(problems)}. {outcome} Usual causes: a learning rate too high, "
+        f"an overflow of the forward pass in float16, NaN/inf pixels or labels out of range in "
+        f"the data.")

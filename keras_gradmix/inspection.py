@@ -37,7 +37,7 @@ def inspect_batch(gm, x, y, sample_weight=None):
     if not _is_text(x) and not isinstance(x, (list, tuple, dict)) and len(x.shape) and x.shape[0] == 0:
         raise ValueError(
             f"GradMix: the data has no images (a first batch of shape {tuple(x.shape)}); "
-            f"fit needs at least one. Check that the arrays or the dataset are not empty "
+            f"training needs at least one. Check that the arrays or the dataset are not empty "
             f"(e.g. a filter that kept nothing).")
     x = gm.objective.prepare_inputs(ops.convert_to_tensor(x) if not _is_text(x) else x)
     if gm.options.check_inputs:
@@ -221,7 +221,7 @@ def check_inputs(gm, x, y, sample_weight=None):
                              f"batch has values in [{np.nanmin(weights):.4g}, "
                              f"{np.nanmax(weights):.4g}] (NaN: {np.isnan(weights).any()}).")
     if isinstance(gm.objective, Classification) and y is not None:
-        _check_labels(gm, x, y)
+        check_labels(gm, x, y)
 
 
 def _range_hint(options, raw, low, high) -> str:
@@ -243,25 +243,38 @@ def _range_hint(options, raw, low, high) -> str:
             f"images{', before normalization' if options.normalization else ''})")
 
 
-def _check_labels(gm, x, y):
+def host_labels(gm, y) -> bool:
+    """Whether ``y`` are labels on the host a classification step takes
+    (checking them reads nothing from the device)."""
+    return (isinstance(gm.objective, Classification) and y is not None
+            and all(isinstance(v, (np.ndarray, list, tuple, int, float, np.generic))
+                    for v in keras.tree.flatten(y)))
+
+
+def check_labels(gm, x, y, batch: str = "the first batch"):
+    """The label checks of :func:`check_inputs` alone, on the host; the class
+    count comes from one forward of one image, once per model (``train_on_batch``
+    runs them on every call: no attribution pass, no read of device values)."""
     if any(_is_text(v) for v in keras.tree.flatten(y)):
         raise ValueError(
             "GradMix: the labels are strings; map them to integer class indices first, "
             "e.g. with keras.layers.StringLookup(num_oov_indices=0) or a dict.")
-    y_pred = gm(x[:1], training=False)
-    labels, pred = attributed_output(gm, y, y_pred)
+    probe = getattr(gm, "_label_probe", None)  # one image's outputs: their structure and widths
+    if probe is None:
+        probe = gm._label_probe = gm(x[:1], training=False)
+    labels, pred = attributed_output(gm, y, probe)
     classes = pred.shape[-1]
     labels = _numpy(labels)
     if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
         raise ValueError(f"GradMix: labels of dtype {labels.dtype} are not numbers.")
     if not np.isfinite(labels.astype(np.float64)).all():
-        raise ValueError("GradMix: the first batch has non-finite labels (NaN or inf).")
+        raise ValueError(f"GradMix: {batch} has non-finite labels (NaN or inf).")
     sparse = labels.ndim == 1 or (labels.ndim == 2 and labels.shape[-1] == 1 and classes != 1)
     if classes == 1:
         if not np.isin(labels, (0, 1)).all() and (labels.min() < 0 or labels.max() > 1):
             raise ValueError(
-                f"GradMix: a single-logit binary classifier takes labels in [0, 1]; the "
-                f"first batch has labels from {labels.min():g} to {labels.max():g}.")
+                f"GradMix: a single-logit binary classifier takes labels in [0, 1]; "
+                f"{batch} has labels from {labels.min():g} to {labels.max():g}.")
         return
     loss = compat.user_loss(gm, gm.options.output)
     loss = "" if loss is None else compat.loss_name(loss)
@@ -278,7 +291,7 @@ def _check_labels(gm, x, y):
             f"keras.losses.CategoricalCrossentropy), or pass the indices (y.argmax(axis=-1)).")
     if sparse and labels.min() < 0:
         raise ValueError(
-            f"GradMix: labels must be class indices in [0, {classes}); the first batch has "
+            f"GradMix: labels must be class indices in [0, {classes}); {batch} has "
             f"negative labels (down to {labels.min():g}). Class indices start at 0: remap "
             f"them (e.g. np.unique(y, return_inverse=True)[1]), or drop the rows of an "
             f"'unknown' label such as -1 from the training data.")
@@ -286,14 +299,14 @@ def _check_labels(gm, x, y):
         if labels.min() < 0 or labels.max() >= classes or (labels != np.round(labels)).any():
             raise ValueError(
                 f"GradMix: labels must be class indices in [0, {classes}) for a model with "
-                f"{classes} outputs; the first batch has labels from {labels.min():g} to "
+                f"{classes} outputs; {batch} has labels from {labels.min():g} to "
                 f"{labels.max():g}. Remap them (e.g. the known classes of an open-set "
                 f"split to 0..{classes - 1}) or give the model {int(labels.max()) + 1} outputs.")
     elif labels.ndim == 2 and labels.shape[-1] == classes:
         if labels.min() < 0 or labels.max() > 1:
             raise ValueError(
-                f"GradMix: one-hot (or soft, or multi-hot) labels must lie in [0, 1]; the "
-                f"first batch has values from {labels.min():g} to {labels.max():g}.")
+                f"GradMix: one-hot (or soft, or multi-hot) labels must lie in [0, 1]; "
+                f"{batch} has values from {labels.min():g} to {labels.max():g}.")
         sums = labels.sum(axis=1)
         multi_hot = np.isin(labels, (0, 1)).all()
         if not multi_hot and not np.allclose(sums, 1.0, atol=1e-3):

@@ -199,11 +199,14 @@ class GradMixModel(keras.Model):
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """``keras.Model.train_on_batch``; the first call after each
         ``compile()`` looks at its batch as ``fit`` does (not every call: the
-        look costs an eager attribution pass)."""
+        look costs an eager attribution pass); later calls check host (NumPy)
+        labels only: shape and range, no device read."""
         compiled = id(getattr(self, "optimizer", None)), id(getattr(self, "_compile_loss", None))
         if getattr(self, "_inspected_for", None) != compiled:
             self.inspect_batch(x, y, sample_weight)
             self._inspected_for = compiled
+        elif self.options.check_inputs and inspection.host_labels(self, y):
+            inspection.check_labels(self, x, y, batch="this train_on_batch batch")
         self._guard_batch.assign(0)
         try:
             logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
@@ -211,7 +214,7 @@ class GradMixModel(keras.Model):
             compat.forget_step_functions(self)
             raise
         logs.pop(guard.HELD, None)
-        raise_if_bad(self)  # train_on_batch returns host values: a sync anyway
+        raise_if_bad(self, "train_on_batch")  # train_on_batch returns host values: a sync anyway
         if return_dict:
             return logs
         values = list(logs.values())

@@ -21,7 +21,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from conftest import SubclassedCNN, functional_cnn, sequential_cnn, sparse_ce, subclassed_cnn  # noqa: E402
 
-from keras_gradmix import GradMixModel  # noqa: E402
+import keras_gradmix  # noqa: E402
+from keras_gradmix import GradMixModel, osr  # noqa: E402
 from keras_gradmix.contrastive import GradMixContrastive  # noqa: E402
 
 WHERE = {
@@ -29,8 +30,12 @@ WHERE = {
     "compile": "`GradMixModel.compile(...)`",
     "first batch": "`fit` / `train_on_batch`, on the first batch, eagerly, before any update",
     "first step": "while the first train step is traced, before any update",
-    "training": "at the end of the epoch with the bad batch, which applied no update, nor did any "
-                "batch after it (`train_on_batch`: right after the call)",
+    "later call": "every `train_on_batch` call after the first, on the host (labels only, no "
+                  "device read), before the step",
+    "training": "right after the bad batch (on JAX and PyTorch at the latest `check_every` "
+                "steps later), which applied no update, nor did any batch after it "
+                "(`train_on_batch`: right after the call)",
+    "call": "when the evaluation or explanation function is called",
 }
 
 
@@ -320,13 +325,46 @@ CASES = [
          r"the loss is not finite at epoch 0, batch 0: the masked term", nan_in_the_masked_pass,
          error=FloatingPointError),
     Case("nan-later", "a NaN pixel in a batch after the first", "training",
-         r"not finite at epoch 0, batch 1.*No update was applied from that batch on",
+         r"not finite at epoch 0, batch 1.*No update was applied from that batch on.*fit stopped",
          lambda b: fit(compiled(layer="conv2"), _spoiled(b[0], np.nan), b[1], batch_size=4),
          error=FloatingPointError),
     Case("label-later", "a label outside the classes in a batch after the first", "training",
          r"labels at epoch 0, batch 1 are not classes of the model",
          lambda b: fit(compiled(layer="conv2"), b[0], _spoiled(b[1], 12), batch_size=4)),
+    Case("train_on_batch-nan", "a NaN pixel in a later train_on_batch call", "training",
+         r"not finite in this train_on_batch batch.*No update was applied: the weights and the "
+         r"optimizer state are those before the call",
+         lambda b: _twice(b, x=_spoiled(b[0], np.nan)), error=FloatingPointError),
+    # ------------------------------------------------------------ later calls
+    Case("train_on_batch-onehot", "one-hot labels with a sparse loss in a later train_on_batch "
+         "call", "later call", r"labels are one-hot \(shape \(8, 10\)\) but the loss is sparse",
+         lambda b: _twice(b, y=np.eye(10, dtype="float32")[b[1]])),
+    Case("train_on_batch-label", "a class index >= the number of outputs in a later "
+         "train_on_batch call", "later call",
+         r"class indices in \[0, 10\).*this train_on_batch batch has labels from 0 to 12",
+         lambda b: _twice(b, y=_spoiled(b[1], 12))),
+    # ----------------------------------------------------------------- calls
+    Case("maps-labels", "attribution_maps with labels that are not classes of the model", "call",
+         r"labels must be class indices in \[0, 10\).*\[12\].*no class",
+         lambda b: keras_gradmix.attribution_maps(sequential_cnn(), b[0], _spoiled(b[1], 12), "conv2")),
+    Case("ece-percentages", "ece() of percentages", "call",
+         r"confidences must be probabilities in \[0, 1\].*percentages",
+         lambda b: osr.ece(np.linspace(50, 100, 8), np.ones(8, bool))),
+    Case("aurc-labels", "aurc() with class labels as `correct`", "call",
+         r"correct must say, per sample, whether the prediction was right.*class labels",
+         lambda b: osr.aurc(np.linspace(0, 1, 8), b[1] + 2)),
+    Case("per-class-score", "per_class_metrics of a score never computed", "call",
+         r"score 'energy' was not computed; these were: \['mls'\]",
+         lambda b: osr.per_class_metrics({"known": {"mls": np.zeros(2)}, "known_true": np.zeros(2),
+                                          "known_pred": np.zeros(2)}, "energy")),
 ]
+
+
+def _twice(batch, x=None, y=None):
+    """train_on_batch on a good batch, then on ``(x, y)`` (the good ones by default)."""
+    gm = compiled(layer="conv2")
+    gm.train_on_batch(*batch)
+    gm.train_on_batch(batch[0] if x is None else x, batch[1] if y is None else y)
 
 
 def _spoiled(values, bad):

@@ -82,7 +82,7 @@ def test_train_on_batch_applies_no_update_from_a_bad_batch(mnist):
     before = state(model, gm)
     bad = x.copy()
     bad[5] = np.inf
-    with pytest.raises(FloatingPointError, match="epoch 0, batch 0"):
+    with pytest.raises(FloatingPointError, match="in this train_on_batch batch"):
         gm.train_on_batch(bad, y)
     for a, b in zip(state(model, gm), before):
         np.testing.assert_array_equal(a, b)

@@ -31,16 +31,26 @@ import numpy as np
 from scipy.special import softmax
 
 
-def _inputs(confidences, correct) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(confidences, correct, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray]:
     confidences = np.asarray(confidences, dtype=np.float64).ravel()
-    correct = np.asarray(correct, dtype=bool).ravel()
+    raw = np.asarray(correct).ravel()
     if confidences.size == 0:
         raise ValueError("confidences is empty; calibration needs known samples.")
-    if correct.shape != confidences.shape:
-        raise ValueError(f"correct has {correct.size} entries for {confidences.size} confidences.")
+    if raw.shape != confidences.shape:
+        raise ValueError(f"correct has {raw.size} entries for {confidences.size} confidences.")
     if not np.isfinite(confidences).all():
         raise ValueError("confidences contains NaN or infinite values.")
-    return confidences, correct
+    if raw.dtype != bool and not np.isin(raw, (0, 1)).all():
+        raise ValueError(
+            f"correct must say, per sample, whether the prediction was right (booleans or "
+            f"0/1), got values such as {np.unique(raw)[:4].tolist()}: class labels? Pass "
+            f"predictions == labels.")
+    if probabilities and (confidences.min() < 0 or confidences.max() > 1):
+        raise ValueError(
+            f"confidences must be probabilities in [0, 1] for calibration, got values in "
+            f"[{confidences.min():.4g}, {confidences.max():.4g}]: percentages or logits? Divide "
+            f"percentages by 100; take the softmax of logits (confidences_from_logits).")
+    return confidences, raw.astype(bool)
 
 
 def confidences_from_logits(logits, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +65,7 @@ def reliability(confidences, correct, bins: int = 15) -> dict:
     "confidence": (B,), "accuracy": (B,)}`` (NaN in empty bins)."""
     if int(bins) != bins or bins < 1:
         raise ValueError(f"bins must be an integer >= 1, got {bins!r}.")
-    confidences, correct = _inputs(confidences, correct)
+    confidences, correct = _inputs(confidences, correct, probabilities=True)
     edges = np.linspace(0.0, 1.0, int(bins) + 1)
     # Right-closed bins (b/B, (b+1)/B]; a confidence of 0 goes to the first.
     index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, int(bins) - 1)

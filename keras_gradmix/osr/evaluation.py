@@ -173,6 +173,10 @@ def per_class_metrics(raw: dict, score_name: str) -> dict:
 
     Returns ``{"accuracy": {known class: value}, "auroc": {unknown class: value}}``.
     """
+    if score_name not in raw["known"]:
+        raise ValueError(
+            f"score {score_name!r} was not computed; these were: {sorted(raw['known'])}. Pass "
+            f"it to open_set_scores(scores=...) first.")
     true, correct = raw["known_true"], raw["known_pred"] == raw["known_true"]
     accuracy = {int(c): float(correct[true == c].mean()) for c in np.unique(true)}
     auroc = {}
