@@ -45,16 +45,10 @@ def inspect_batch(gm, x, y, sample_weight=None):
     if gm.layer is None:
         _, tap, flat = flat_layers(gm, x, y)
         gm.layer = pick_layer(tap, x.shape[1:3], gm.model.name, gm.options, flat)
-    elif not getattr(gm, "_flat_warned", False) and all_flat(checked_layer_maps(gm, x, y)):
-        candidates, _, flat = flat_layers(gm, x, y)
-        better = next((p for p in reversed(candidates) if p not in flat), None)
-        hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
-                if better else "no layer of the model gives non-flat maps on it")
-        warnings.warn(
-            f"GradMix: every attribution map of layer={gm.layer!r} is flat on the first "
-            f"batch, so nothing will be masked. The score's gradient does not reach "
-            f"those outputs (e.g. a transformer pooled by its class token leaves the "
-            f"last block's patch tokens without gradient); {hint}.", stacklevel=4)
+    elif not getattr(gm, "_flat_warned", False) and all_flat(maps := checked_layer_maps(gm, x, y)):
+        warnings.warn(f"GradMix: every attribution map of layer={gm.layer!r} is flat on the "
+                      f"first batch, so nothing will be masked. {flat_cause(gm, x, y, maps)}",
+                      stacklevel=4)
         gm._flat_warned = True
 
 
@@ -105,6 +99,25 @@ def flat_layers(gm, x, y) -> tuple[list[str], LayerTap, set]:
     candidates, tap = spatial_layers(gm, x)
     maps = layer_maps(gm, x, y, candidates) if candidates else []
     return candidates, tap, {path for path, m in zip(candidates, maps) if all_flat([m])}
+
+
+def flat_cause(gm, x, y, maps) -> str:
+    """Why every map is flat, and what to do: blank images, an overflow, or a
+    layer the score's gradient does not reach."""
+    pixels = np.asarray(ops.convert_to_numpy(x), np.float64).reshape(len(x), -1)
+    if (pixels.max(axis=1) == pixels.min(axis=1)).all():
+        return ("Every image of the batch is constant (e.g. all zeros): there is nothing to "
+                "attribute. Check the data pipeline (decoding, scaling, a mask applied twice).")
+    if not all(np.isfinite(ops.convert_to_numpy(m)).all() for m in maps):
+        return ("The maps are not finite: the attribution overflowed (e.g. float16 with a large "
+                "loss scale, or huge activations). Lower the LossScaleOptimizer's initial_scale "
+                "or train in float32.")
+    candidates, _, flat = flat_layers(gm, x, y)
+    better = next((p for p in reversed(candidates) if p not in flat), None)
+    hint = (f"attribute layer={better!r} (the last layer whose maps are not flat)"
+            if better else "no layer of the model gives non-flat maps on it")
+    return (f"The score's gradient does not reach those outputs (e.g. a transformer pooled by "
+            f"its class token leaves the last block's patch tokens without gradient); {hint}.")
 
 
 def all_flat(maps) -> bool:

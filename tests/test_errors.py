@@ -111,3 +111,17 @@ def test_train_on_batch_inspects_the_first_batch_after_each_compile(batch, monke
     gm.compile(optimizer="sgd", loss=sparse_ce())
     gm.train_on_batch(*batch)
     assert len(calls) == 3  # once again after compile()
+
+
+def test_flat_map_warnings_name_the_right_cause(batch):
+    from keras_gradmix.inspection import flat_cause
+
+    x, y = batch
+    gm = GradMixModel(sequential_cnn(), "conv2")
+    gm.compile(optimizer="sgd", loss=sparse_ce())
+    with pytest.warns(UserWarning, match="is flat on the first batch.*Every image of the batch is "
+                                         "constant.*data pipeline"):
+        gm.fit(np.zeros_like(x), y, batch_size=8, epochs=1, verbose=0)
+    overflow = np.full((len(x), 24, 24), np.nan, "float32")
+    assert "attribution overflowed" in flat_cause(gm, x, y, [overflow])
+    assert "does not reach" in flat_cause(gm, x, y, [np.zeros((len(x), 24, 24), "float32")])
