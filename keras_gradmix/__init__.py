@@ -46,6 +46,7 @@ from keras_gradmix.mixing import apply_fill, attribution_share, random_partner, 
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.explain import attribution_maps
 from keras_gradmix.faithfulness import faithfulness
+from keras_gradmix.weights import load_wrapped_weights
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.plotting import MaskPreview, plot_masks
 from keras_gradmix.tap import LayerTap, iter_layers, resolve_layer
@@ -79,6 +80,7 @@ __all__ = [
     "gradcam_plus_plus",
     "iter_layers",
     "layercam",
+    "load_wrapped_weights",
     "maps_from_gradients",
     "normalize_maps",
     "peak_positions",

@@ -30,6 +30,23 @@ def test_export_serves_the_plain_model(tmp_path):
     np.testing.assert_allclose(np.asarray(served.serve(x)), gm.model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_a_wrapper_checkpoint_loads_into_the_plain_model_in_one_call(tmp_path):
+    import keras_gradmix
+
+    gm, x = trained(tmp_path)
+    plain = sequential_cnn(seed=1)
+    with pytest.raises(ValueError, match="expected 0 variables, but received 2"):
+        plain.load_weights(str(tmp_path / "gm.weights.h5"))  # Keras alone: the wrapper's layout
+    assert keras_gradmix.load_wrapped_weights(plain, str(tmp_path / "gm.weights.h5")) is plain
+    np.testing.assert_allclose(plain.predict(x, verbose=0), gm.predict(x, verbose=0), atol=1e-6)
+    for a, b in zip(plain.weights, gm.model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    plain.save_weights(str(tmp_path / "plain.weights.h5"))  # and a plain model's own file
+    again = sequential_cnn(seed=2)
+    again.load_weights(str(tmp_path / "plain.weights.h5"))
+    np.testing.assert_allclose(again.predict(x, verbose=0), gm.predict(x, verbose=0), atol=1e-6)
+
+
 def test_a_wrapper_checkpoint_gives_a_plain_weights_file(tmp_path):
     gm, x = trained(tmp_path)
     restored = GradMixModel(sequential_cnn(), layer="conv2")
