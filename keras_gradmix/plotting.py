@@ -38,7 +38,9 @@ def plot_masks(
     """Writes a PNG grid of what training does to ``images``; returns ``path``.
 
     One row per sample (at most ``max_samples``), four columns: the image, its
-    attribution map over it, the mask, and the image the model is trained on.
+    attribution map over it, the mask, and the image the model is trained on;
+    a colour bar of the map's scale (0 to 1) and a caption saying where the
+    mask sits (the map's peak, or ``placement``) and the attribution used.
     The PNG is ``4 * cell_inches * dpi`` pixels wide and
     ``rows * cell_inches * dpi`` high. Uses :meth:`GradMixModel.preview`, so
     the model and its training RNG are left untouched.
@@ -68,12 +70,14 @@ def plot_masks(
     figure = Figure(figsize=(len(COLUMNS) * cell_inches, rows * cell_inches), dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, len(COLUMNS), squeeze=False)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.05, hspace=0.05)
+    footer = 0.35 / rows  # room for the colour bar and the caption, about a third of a row
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=footer, top=0.95, wspace=0.05,
+                           hspace=0.05)
     cmap = "gray" if gray else None
     for i in range(rows):
         axes[i, 0].imshow(shown[i], cmap=cmap, vmin=0, vmax=1)
         axes[i, 1].imshow(shown[i], cmap=cmap, vmin=0, vmax=1)
-        axes[i, 1].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        heat = axes[i, 1].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[i, 2].imshow(mask[i], cmap="gray", vmin=0, vmax=1)
         axes[i, 3].imshow(trained[i], cmap=cmap, vmin=0, vmax=1)
     for ax in axes.flat:
@@ -81,11 +85,27 @@ def plot_masks(
         ax.set_yticks([])
     for ax, title in zip(axes[0], COLUMNS):
         ax.set_title(title, fontsize=8)
+    box = axes[-1, 1].get_position()
+    bar = figure.colorbar(heat, cax=figure.add_axes([box.x0, footer * 0.62, box.width, footer * 0.18]),
+                          orientation="horizontal")
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+    figure.text(0.5, footer * 0.08, _caption(gm), ha="center", va="bottom", fontsize=6)
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
     figure.savefig(path, dpi=dpi)
     return os.fspath(path)
+
+
+def _caption(gm) -> str:
+    """What the map is and where the mask sits, in words."""
+    options = gm.options
+    where = ({"peak": "a box at the map's peak", "random": "a box at a random place (the control)",
+              "low": "a box at the map's least-attended place"} if options.mask == "box" else
+             {"peak": "the map's highest pixels", "random": "as many pixels at random (the control)",
+              "low": "the map's lowest pixels"})[options.placement]
+    layers = ", ".join(gm.layer_paths or ["the layer chosen at the first batch"])
+    return f"{options.attribution} at {layers}, 0 (blue) to 1 (red); mask: {where}"
 
 
 class MaskPreview(keras.callbacks.Callback):

@@ -123,3 +123,23 @@ def test_plots_without_matplotlib_name_the_plots_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"plot_masks needs matplotlib: .*extra \[plots\]"):
         require("matplotlib", feature="plot_masks")
+
+
+def test_the_headline_gap_is_quoted_from_its_committed_runs():
+    """README and the results guide quote GradMix's MLS AUROC gap to plain from
+    docs/results/fashion_mnist_osr.json's runs (one source; they disagreed)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import paired_differences
+
+    runs = json.loads((ROOT / "docs/results/fashion_mnist_osr.json").read_text())["runs"]
+    rows = [{"method": r["method"], "split": r["split"], "seed": r["seed"],
+             "auroc": 100 * r["results"]["mls"]["auroc"]} for r in runs]
+    gap = {d["method"]: d for d in paired_differences(rows, "auroc", "plain")}["gradmix"]
+    quoted = (f"−{-gap['diff']:.1f} AUROC (95 % CI −{-gap['ci_low']:.1f} to "
+              f"−{-gap['ci_high']:.1f}")
+    for page in ("README.md", "docs/guides/results.md"):
+        text = " ".join((ROOT / page).read_text().split())
+        assert quoted in text, (page, quoted)

@@ -70,3 +70,13 @@ def test_tensorboard_images_need_tensorboard(tmp_path, batch, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     with pytest.raises(ValueError, match="needs the tensorboard package"):
         MaskPreview(*batch, tmp_path, log_dir=tmp_path / "logs")
+
+
+def test_plot_masks_captions_say_where_the_mask_sits():
+    from keras_gradmix.plotting import _caption
+
+    assert _caption(GradMixModel(sequential_cnn(), "conv2")) == (
+        "layercam at conv2, 0 (blue) to 1 (red); mask: a box at the map's peak")
+    control = GradMixModel(sequential_cnn(), ["conv1", "conv2"], mask="threshold", placement="random")
+    assert _caption(control).endswith("conv1, conv2, 0 (blue) to 1 (red); mask: as many pixels at "
+                                      "random (the control)")
