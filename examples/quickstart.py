@@ -72,6 +72,9 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
 
     os.makedirs(args.out, exist_ok=True)
+    # Start the backend before the table: its start-up log lines (TensorFlow's
+    # "failed call to cuInit" on a machine without a GPU) then print above it.
+    load_osr_split("mnist5k", split=0, batch_size=32, shuffle_seed=seeds[0])
     header = f"{'run':<16}{'accuracy':>9}" + "".join(
         f"{k + ' ' + s:>11}" for s in SCORES for k in ("AUROC", "OSCR", "FPR95")) + f"{'train s':>9}"
     print(f"mnist5k OSR split 0 (known 2,4,5,9,8,3 / unknown 0,1,6,7), small CNN, {args.epochs} "
