@@ -64,6 +64,7 @@ def verdict(gm, code, gradients):
     still one."""
     if not scales_loss(gm.optimizer):
         code = code + ops.where(all_finite(gradients), 0, 2 ** PROBLEMS.index("gradients"))
+    code = shared(code)  # every replica records, and skips, the same
     record, batch = gm.guard_variables
     latched = ops.not_equal(record.value[0], 0)
     first = ops.not_equal(code, 0) & ops.logical_not(latched)
@@ -74,29 +75,40 @@ def verdict(gm, code, gradients):
     return ops.equal(code, 0) & ops.logical_not(latched)
 
 
-def agree(ok):
+def shared(code):
     """Under ``tf.distribute`` with several replicas, or ``torch.distributed``
-    with several processes, true only where every replica's ``ok`` is (their
-    batches differ); else ``ok`` itself."""
+    with several processes, the union of every replica's problem code (their
+    batches differ: one bad shard is every replica's bad batch, so all skip the
+    update, record the same batch and raise the same error); else ``code``.
+    (A JAX step sees the global batch already.)"""
+    bits = ops.convert_to_tensor([2**i for i in range(len(PROBLEMS))], "int32")
+    flags = ops.cast(ops.not_equal((ops.cast(code, "int32") // bits) % 2, 0), "float32")
+    total = _sum_over_replicas(flags)
+    if total is None:
+        return code
+    return ops.sum(ops.where(total > 0, bits, 0))
+
+
+def _sum_over_replicas(values):
+    """``values`` summed over the replicas or processes, or None if there is one."""
     if keras.backend.backend() == "torch":
         import torch
 
         distributed = torch.distributed
         if not (distributed.is_available() and distributed.is_initialized()) \
                 or distributed.get_world_size() == 1:
-            return ok
-        bad = torch.logical_not(torch.as_tensor(ok)).to(torch.float32).reshape(())
-        distributed.all_reduce(bad)
-        return bad == 0
+            return None
+        total = torch.as_tensor(values).clone()
+        distributed.all_reduce(total)
+        return total
     if keras.backend.backend() != "tensorflow":
-        return ok
+        return None
     import tensorflow as tf
 
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        return ok
-    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(ok), "float32"))
-    return ops.equal(bad, 0.0)
+        return None
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def apply_if(optimizer, ok, gradients, variables) -> None:
@@ -119,7 +131,7 @@ def apply_if(optimizer, ok, gradients, variables) -> None:
                     distribution.extended.call_for_each_replica(
                         optimizer.apply, args=(gradients, variables))
 
-                # Every replica holds the same ok (see agree()): take the first.
+                # Every replica holds the same ok (see shared()): take the first.
                 first = distribution.experimental_local_results(ok)[0]
                 ops.cond(first, apply_each, lambda: None)
 

@@ -114,6 +114,47 @@ def mirrored(out):
     np.savez(out, **result)
 
 
+BAD_ROW = GLOBAL_BATCH + GLOBAL_BATCH // 2 + 3  # global batch 1, the second replica's half
+
+
+def spoiled(x):
+    """``x`` with a NaN pixel in the second replica's (process's) share of batch 1."""
+    x = x.copy()
+    x[BAD_ROW, 0, 0, 0] = np.nan
+    return x
+
+
+def guarded_fit(gm, *data, **kwargs):
+    """``gm.fit``; the guard's error message, or "" if none."""
+    try:
+        gm.fit(*data, verbose=0, shuffle=False, **kwargs)
+    except FloatingPointError as error:
+        return str(error)
+    return ""
+
+
+def mirrored_bad_shard(out):
+    """Two replicas; batch 1's NaN is on the second replica only. Written: the
+    error, each replica's weights after it, and the weights after batch 0 alone."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x, y = digits(GLOBAL_BATCH * 2)
+    with strategy.scope():
+        gm = gradmix_model(check_inputs=False)
+        before = gradmix_model(check_inputs=False)
+    bad = tf.data.Dataset.from_tensor_slices((spoiled(x), y)).batch(GLOBAL_BATCH)
+    message = guarded_fit(gm, bad)
+    before.fit(tf.data.Dataset.from_tensor_slices((x[:GLOBAL_BATCH], y[:GLOBAL_BATCH])).batch(
+        GLOBAL_BATCH), verbose=0)
+    replicas = {f"replica{r}/w{i}": np.asarray(w.value.values[r])
+                for i, w in enumerate(gm.model.weights) for r in range(2)}
+    np.savez(out, message=message, **replicas,
+             **{f"before/{k}": v for k, v in weights(before).items()})
+
+
 def worker(index, ports, out):
     os.environ["TF_CONFIG"] = json.dumps(
         {
@@ -201,6 +242,42 @@ def jax_process(index, port, out):
     np.savez(out, loss=history.history["loss"], **weights(gm))
 
 
+def jax_process_bad_shard(index, port, out):
+    """As :func:`jax_process`, with batch 1's NaN in process 1's shard only."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import keras
+
+    index = int(index)
+    keras.distribution.initialize(job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=index)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False))
+    gm = gradmix_model(mode="paired", probability=1.0, check_inputs=False)
+    x, y = process_shard(index)
+    if index == 1:
+        x[GLOBAL_BATCH // 2 + 3, 0, 0, 0] = np.nan  # its batch 1
+    message = guarded_fit(gm, x, y, batch_size=GLOBAL_BATCH // 2)
+    np.savez(out, message=message, **weights(gm))
+
+
+def torch_process_bad_shard(out_dir):
+    """As :func:`torch_process`, with batch 1's NaN in rank 1's shard only."""
+    import torch
+
+    torch.distributed.init_process_group("gloo")
+    index = torch.distributed.get_rank()
+    try:
+        gm = gradmix_model(mode="paired", probability=1.0, check_inputs=False)
+        x, y = process_shard(index, torch.distributed.get_world_size())
+        if index == 1:
+            x[GLOBAL_BATCH // 2 + 3, 0, 0, 0] = np.nan
+        message = guarded_fit(gm, x, y, batch_size=GLOBAL_BATCH // 2)
+        np.savez(os.path.join(out_dir, f"process{index}.npz"), message=message, **weights(gm))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def torch_process(out_dir):
     """One of the processes ``torchrun --nproc-per-node 2`` starts (it sets
     RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT); writes
@@ -222,6 +299,8 @@ def torch_process(out_dir):
 
 if __name__ == "__main__":
     {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel,
-     "jax_process": jax_process, "torch_process": torch_process}[sys.argv[1]](
+     "jax_process": jax_process, "torch_process": torch_process,
+     "mirrored_bad_shard": mirrored_bad_shard, "jax_process_bad_shard": jax_process_bad_shard,
+     "torch_process_bad_shard": torch_process_bad_shard}[sys.argv[1]](
         *sys.argv[2:]
     )

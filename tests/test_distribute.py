@@ -3,6 +3,7 @@ processes (tests/distributed.py): logical devices, TF_CONFIG and XLA_FLAGS must
 be set before the backend starts."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -83,17 +84,17 @@ def test_multi_worker_mirrored_workers_end_with_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
 
 
-def two_processes(tmp_path, env):
-    """Two processes of ``tests/distributed.py <backend>_process``: JAX's
+def two_processes(tmp_path, env, scenario="process"):
+    """Two processes of ``tests/distributed.py <backend>_<scenario>``: JAX's
     started here, PyTorch's by ``torchrun``; their outputs."""
     port = free_port()
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
     if BACKEND == "torch":
         commands = [[sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                      "--master-addr", "127.0.0.1", "--master-port", str(port),
-                     SCRIPT, "torch_process", str(tmp_path)]]
+                     SCRIPT, f"torch_{scenario}", str(tmp_path)]]
     else:
-        commands = [[sys.executable, SCRIPT, "jax_process", str(i), str(port), str(out)]
+        commands = [[sys.executable, SCRIPT, f"jax_{scenario}", str(i), str(port), str(out)]
                     for i, out in enumerate(outs)]
     run_together(commands, env, timeout=240)
     return [np.load(out) for out in outs]
@@ -127,3 +128,34 @@ def test_two_processes_train_like_one_process_on_the_whole_batch(tmp_path):
     assert max(np.abs(expected[n] - start[n]).max() for n in names) > 1e-2  # the steps moved them
     for name in names:
         np.testing.assert_allclose(first[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+BAD_SHARD = r"not finite at epoch 0, batch 1"
+
+
+@tf_distribute
+def test_a_bad_shard_on_one_replica_holds_every_replica(tmp_path):
+    """MirroredStrategy over two logical CPUs; batch 1's NaN is in the second
+    replica's half only: both skip the update and record it (the error names
+    the batch), and both keep batch 0's weights, identical across replicas."""
+    out = tmp_path / "bad_shard.npz"
+    run("mirrored_bad_shard", out)
+    result = np.load(out)
+    assert re.search(BAD_SHARD, str(result["message"])), str(result["message"])
+    names = [k.split("/")[1] for k in result.files if k.startswith("replica0/")]
+    for name in names:
+        np.testing.assert_array_equal(result[f"replica0/{name}"], result[f"replica1/{name}"])
+        np.testing.assert_allclose(result[f"replica0/{name}"], result[f"before/{name}"], atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND not in ("jax", "torch"),
+                    reason="several processes: keras.distribution (JAX), torch.distributed (PyTorch)")
+def test_a_bad_shard_in_one_process_holds_every_process(tmp_path):
+    """Two processes; batch 1's NaN is in process 1's shard only: both raise the
+    guard's error naming batch 1 (none hangs in a collective the other left),
+    and both keep the same weights."""
+    first, second = two_processes(tmp_path, {**ENV, "JAX_PLATFORMS": "cpu"}, "process_bad_shard")
+    for result in (first, second):
+        assert re.search(BAD_SHARD, str(result["message"])), str(result["message"])
+    for name in (k for k in first.files if k.startswith("w")):
+        np.testing.assert_array_equal(first[name], second[name])
