@@ -317,3 +317,14 @@ def test_shortcut_smoke_pairs_cells_and_measures_the_mechanism(tmp_path):
     assert row.startswith(f" {diff:+.2f} [")
     again = shortcut.main(args)  # resumes from the per-run files
     assert [r["results"] for r in again] == [r["results"] for r in runs]
+
+
+def test_guard_check_smoke_times_each_setting_and_counts_steps_after_a_bad_batch(tmp_path):
+    import guard_check
+
+    stored = guard_check.main(["--smoke", "--out", str(tmp_path)])
+    rows = stored["tensorflow"]["rows"]
+    assert set(rows) == set(guard_check.SETTINGS)
+    assert all(r["ms_per_step"] > 0 and r["steps_after_bad_batch"] == 0 for r in rows.values())
+    assert rows["never"]["vs_never"] == 1.0
+    assert "| tensorflow | every 50 (default) |" in (tmp_path / "guard_check.md").read_text()

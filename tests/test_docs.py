@@ -143,3 +143,16 @@ def test_the_headline_gap_is_quoted_from_its_committed_runs():
     for page in ("README.md", "docs/guides/results.md"):
         text = " ".join((ROOT / page).read_text().split())
         assert quoted in text, (page, quoted)
+
+
+def test_the_spurious_cue_headline_is_quoted_from_the_committed_summary():
+    """README and the results guide quote the spurious-cue study's headline
+    cells (conflicting-cue accuracy) as docs/results/shortcut.json has them."""
+    import json
+
+    tables = json.loads((ROOT / "docs/results/shortcut.json").read_text())["tables"]["patch, rho 0.99"]
+    rows = {r["cell − baseline"]: r for r in tables["differences"] + tables["contrasts"]}
+    for label in ("gradmix peak, replace − plain", "peak − random (replace)"):
+        cell = rows[label]["Δacc. conflicting"]
+        for page in ("README.md", "docs/guides/results.md"):
+            assert cell in " ".join((ROOT / page).read_text().split()), (page, label, cell)
