@@ -199,8 +199,9 @@ class GradMixConfig:
             ``"sample"``: one per image.
         fill: ``"noise"`` (uniform in ``value_range``, one value per pixel
             shared by channels, as the paper's code), ``"mix"`` (the box of a
-            partner image from the shuffled batch; labels mixed by area) or a
-            number (a constant).
+            partner image from the shuffled batch; labels mixed by area),
+            ``"shuffle"`` (the masked pixels permuted at random within the
+            image, ASCOOD's outliers) or a number (a constant).
         label_mode: weight of each masked image's own label (and, with
             ``fill="mix"``, of its partner's): ``"area"``, the kept (pasted)
             area fraction; ``"attribution"``, the kept (pasted) share of the

@@ -1,10 +1,12 @@
-"""What goes into the masked region: noise, a constant, or a partner image.
+"""What goes into the masked region: noise, a constant, a partner image, or
+the region's own pixels shuffled.
 
 Pure, XLA-compilable functions (``keras.ops``)::
 
     masked = apply_fill(images, mask, "noise", seed=seed)           # U[0, 1) noise
     partner = random_partner(batch_size, seed=seed)
     mixed = apply_fill(images, mask, "mix", partner=partner)         # CutMix-style paste
+    shuffled = apply_fill(images, mask, "shuffle", seed=seed)       # ASCOOD's "shuffle"
 """
 
 from __future__ import annotations
@@ -15,23 +17,19 @@ import numbers
 import keras
 from keras import ops
 
-FILLS = ("noise", "mix")
+FILLS = ("noise", "mix", "shuffle")
 
 
 def validate_fill(fill) -> str | float:
-    """``"noise"``, ``"mix"`` or a number; anything else is a ValueError."""
+    """``"noise"``, ``"mix"``, ``"shuffle"`` or a number; anything else is a ValueError."""
+    message = (f"fill must be 'noise', 'mix', 'shuffle' or a number (a constant pixel value), "
+               f"got {fill!r}.")
     if isinstance(fill, bool) or not isinstance(fill, (str, numbers.Real)):
-        raise ValueError(
-            f"fill must be 'noise', 'mix' or a number (a constant pixel value), "
-            f"got {fill!r}."
-        )
+        raise ValueError(message)
     if not isinstance(fill, str) and not math.isfinite(fill):
         raise ValueError(f"A constant fill must be a finite number, got {fill!r}.")
     if isinstance(fill, str) and fill not in FILLS:
-        raise ValueError(
-            f"fill must be 'noise', 'mix' or a number (a constant pixel value), "
-            f"got {fill!r}."
-        )
+        raise ValueError(message)
     return fill if isinstance(fill, str) else float(fill)
 
 
@@ -62,6 +60,28 @@ def sample_noise(batch_size, image_size, value_range=(0.0, 1.0), seed=None, dtyp
     return keras.random.uniform(shape, low, high, seed=seed, dtype=dtype)
 
 
+def shuffle_masked(images, mask, keys):
+    """Each image's masked pixels permuted among themselves (all channels of a
+    pixel move together); the others unchanged. ``keys``: ``(B, H, W)``
+    uniforms, the permutation (the masked pixels in the order of their keys
+    take the masked places in raster order). Argsorts and gathers only: XLA-safe.
+    """
+    batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+    pixels = height * width
+    flat = ops.reshape(images, (batch, pixels, images.shape[3]))
+    masked = ops.reshape(mask, (batch, pixels))
+    position = ops.cast(ops.arange(pixels), "float32")[None, :]
+    # Masked places in raster order first, and masked pixels in random order first.
+    places = ops.argsort(ops.where(masked, position, pixels + position), axis=-1)
+    keys = ops.reshape(ops.cast(keys, "float32"), (batch, pixels))
+    sources = ops.argsort(ops.where(masked, keys, 2.0 + position), axis=-1)
+    rank = ops.argsort(places, axis=-1)  # each place's index in ``places``
+    source = ops.where(masked, ops.take_along_axis(sources, rank, axis=-1),
+                       ops.cast(ops.arange(pixels), sources.dtype)[None, :])
+    moved = ops.take_along_axis(flat, ops.cast(source, "int32")[..., None], axis=1)
+    return ops.reshape(moved, ops.shape(images))
+
+
 def apply_fill(
     images,
     mask,
@@ -80,11 +100,14 @@ def apply_fill(
         fill: ``"noise"``: uniform noise in ``value_range``, one value per pixel
             shared by all channels (as the GradMix reference code);
             ``"mix"``: the same pixels of ``images[partner]``;
+            ``"shuffle"``: the masked pixels themselves, permuted at random
+            within each image (ASCOOD's outliers: :func:`shuffle_masked`);
             a number: that constant.
         value_range: range of the noise, in the images' own value range.
         partner: ``(B,)`` partner indices, required for ``"mix"``.
         seed: ``int`` or ``keras.random.SeedGenerator`` for the noise.
-        noise: ``(B, H, W, 1)`` noise drawn beforehand (:func:`sample_noise`);
+        noise: ``(B, H, W, 1)`` noise drawn beforehand (:func:`sample_noise`),
+            or with ``"shuffle"`` the uniforms that order the permutation;
             ``seed`` is then unused.
 
     Returns:
@@ -100,6 +123,10 @@ def apply_fill(
                 ops.shape(images)[0], images.shape[1:3], value_range, seed, images.dtype
             )
         content = ops.cast(noise, images.dtype)
+    elif fill == "shuffle":
+        if noise is None:
+            noise = keras.random.uniform((ops.shape(images)[0], *images.shape[1:3], 1), seed=seed)
+        return shuffle_masked(images, mask, ops.reshape(noise, ops.shape(mask)))
     elif fill == "mix":
         if partner is None:
             raise ValueError("fill='mix' needs partner indices, e.g. random_partner(B).")

@@ -38,7 +38,8 @@ class Transformation(NamedTuple):
     the area ramp); ``sampled`` ``(k,)`` bool, drawn for masking (schedule,
     ``probability``); ``partner`` ``(k,)`` indices into the batch (``fill="mix"``
     or a CutMix/MixUp policy), else None; ``noise`` ``(k, H, W, 1)`` (``(k, H,
-    W, C)`` with ``normalization``) with ``fill="noise"``, else None;
+    W, C)`` with ``normalization``) with ``fill="noise"``, the uniforms that
+    order the permutation with ``fill="shuffle"``, else None;
     ``index`` ``(k,)`` the chosen images, or None for all; ``method`` scalar
     int32, the policy's choice (``POLICY_METHODS``) or None for GradMix only;
     ``lam`` ``(k,)`` the CutMix or MixUp weight of the image's own label,
@@ -151,6 +152,9 @@ def sample_transformation(
     if options.fill == "mix" or set(policy) - {"gradmix"}:
         partner = mixing.random_partner(batch_size, seed=next(seeds))
         partner = partner if index is None else ops.take(partner, index, axis=0)
+    if options.fill == "shuffle" and "gradmix" in policy:  # the permutations' order
+        noise = keras.random.uniform((count, int(image_size[0]), int(image_size[1]), 1),
+                                     seed=next(seeds))
     if options.fill == "noise" and "gradmix" in policy:
         value_range = options.value_range or (0.0, 1.0)  # None: not resolved by a model
         noise = mixing.sample_noise(count, image_size, value_range, seed=next(seeds))

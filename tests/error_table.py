@@ -165,7 +165,7 @@ CASES = [
          option(beta=-1.0)),
     Case("area_sampling", "unknown area sampling", "construction",
          r"area_sampling must be one of \('batch', 'sample'\)", option(area_sampling="pixel")),
-    Case("fill", "unknown fill", "construction", "fill must be 'noise', 'mix' or a number",
+    Case("fill", "unknown fill", "construction", "fill must be 'noise', 'mix', 'shuffle' or a number",
          option(fill="blur")),
     Case("fill-finite", "a constant fill that is not finite", "construction",
          "A constant fill must be a finite number", option(fill=math.inf)),

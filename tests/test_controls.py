@@ -340,3 +340,28 @@ def test_the_contrastive_recipe_takes_random_placement(batch):
     history = gm.fit(np.stack([x, x], axis=1), y, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all() and history.history["gradmix_masked"][0] > 0
     assert gm.options.placement == "random"
+
+
+@pytest.mark.parametrize("jit", jit_choices())
+def test_pixel_outliers_shuffle_the_top_attributed_pixels_and_train_toward_uniform(mnist, jit):
+    """ASCOOD's outliers: the top quarter of each map's pixels (a threshold
+    mask) shuffled within the image, trained toward the uniform distribution;
+    the step's loss is the clean loss plus that term, computed in NumPy."""
+    x, y = mnist[0][:16], mnist[1][:16]
+    model = sequential_cnn()
+    gm = GradMixModel(model, "conv2", masked_as="outlier", mask="threshold", fill="shuffle",
+                      mask_area=(0.25, 0.25), seed=0)
+    gm.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce(), jit_compile=jit)
+    preview = gm.preview(x, y)
+    mask, maps, images = (to_numpy(v) for v in (preview.mask, preview.maps, preview.images))
+    applied = to_numpy(preview.applied)
+    assert applied.sum() > 8
+    for i in np.flatnonzero(applied):
+        assert mask[i].sum() == 196 and maps[i][mask[i]].min() >= maps[i][~mask[i]].max()
+        np.testing.assert_array_equal(images[i][~mask[i]], x[i][~mask[i]])
+        np.testing.assert_array_equal(np.sort(images[i][mask[i]], axis=0), np.sort(x[i][mask[i]], axis=0))
+    predict = lambda batch: to_numpy(model(batch, training=True))  # noqa: E731
+    expected = (np.mean(cross_entropy(predict(x), y))
+                + 0.5 * np.mean(applied * uniform_cross_entropy(predict(images))))
+    logs = gm.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)

@@ -58,7 +58,7 @@ def test_random_partner_is_a_permutation_and_seeded():
 
 @pytest.mark.parametrize("bad", ["blur", None, True, [0.5]])
 def test_unknown_fill_is_rejected(bad):
-    with pytest.raises(ValueError, match="fill must be 'noise', 'mix' or a number"):
+    with pytest.raises(ValueError, match="fill must be 'noise', 'mix', 'shuffle' or a number"):
         validate_fill(bad)
 
 
@@ -72,3 +72,37 @@ def test_attribution_share_by_hand():
     mask = np.array([[[True, False], [False, True]], [[True, True], [False, False]]])
     # image 0: (1 + 4) / 8; image 1 has no mass: counts as uniform -> area 0.5
     np.testing.assert_allclose(to_numpy(attribution_share(maps, mask)), [5 / 8, 0.5])
+
+
+def shuffle_by_hand(images, mask, keys):
+    """The masked pixels, in the order of their keys, into the masked places in raster order."""
+    out = images.copy()
+    for i in range(len(images)):
+        places = np.flatnonzero(mask[i].ravel())
+        sources = places[np.argsort(keys[i].ravel()[places], kind="stable")]
+        flat_in, flat_out = images[i].reshape(-1, images.shape[-1]), out[i].reshape(-1, images.shape[-1])
+        flat_out[places] = flat_in[sources]
+    return out
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_shuffle_permutes_the_masked_pixels_within_each_image(compiled):
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 6, 7, 2)).astype("float32")
+    mask = rng.random((3, 6, 7)) < 0.3
+    mask[2] = False  # an image with nothing masked stays as it was
+    keys = rng.random((3, 6, 7, 1)).astype("float32")
+
+    def fill(images, mask, keys):
+        return apply_fill(images, mask, "shuffle", noise=keys)
+
+    if compiled:
+        from conftest import xla
+
+        fill = xla(fill)
+    out = to_numpy(fill(images, mask, keys))
+    np.testing.assert_array_equal(out, shuffle_by_hand(images, mask, keys[..., 0]))
+    np.testing.assert_array_equal(out[~mask], images[~mask])
+    for i in range(3):  # the same pixel values (channel pairs together), another order
+        np.testing.assert_array_equal(np.sort(out[i][mask[i]], axis=0), np.sort(images[i][mask[i]], axis=0))
+    assert (out[0][mask[0]] != images[0][mask[0]]).any()
