@@ -41,8 +41,8 @@ from common import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
-    paired_cells,
     paired_differences,
+    paired_text,
     train_and_score,
 )
 from keras_gradmix.masks import BORDERS, PLACEMENTS  # noqa: E402
@@ -142,14 +142,6 @@ def differences(rows, key, baseline):
     return {d["cell"]: d for d in paired_differences(having, key, baseline, by="cell")}
 
 
-def interval(d) -> str:
-    if d is None or d["diff"] is None:
-        return "–"
-    c = paired_cells(d)
-    text = c["mean difference"] + ("" if d["ci_low"] is None else f" {c['95 % CI']}")
-    return f"{text} ({d['wins']}/{d['pairs']})"
-
-
 def mean_std_of(rows, key) -> str:
     values = [r[key] for r in rows if r[key] is not None]
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}" if values else "–"
@@ -165,7 +157,7 @@ def cell_table(rows, names) -> str:
         row = {"cell": name, "runs": len(own)}
         row.update({label: mean_std_of(own, key) for label, key in METRICS.items()})
         for label, key in METRICS.items():
-            row[f"Δ{label} vs plain"] = "–" if name == "plain" else interval(diffs[key].get(name))
+            row[f"Δ{label} vs plain"] = "–" if name == "plain" else paired_text(diffs[key].get(name))
         row["train s / run"] = f"{np.median([r['seconds'] for r in own]):.0f}"
         table.append(row)
     return to_markdown(table)
@@ -179,7 +171,7 @@ def contrast_rows(rows, names) -> list[dict]:
         pair = [r for r in rows if r["cell"] in (cell, baseline)]
         row = {"contrast": label, "cell − baseline": f"{cell} − {baseline}"}
         for metric, key in METRICS.items():
-            row[f"Δ{metric}"] = interval(differences(pair, key, baseline).get(cell))
+            row[f"Δ{metric}"] = paired_text(differences(pair, key, baseline).get(cell))
         out.append(row)
     return out
 
@@ -263,7 +255,7 @@ def side_by_side(earlier, runs, names) -> list[dict]:
                             ("accuracy", "mls/accuracy")):
             for border, rows in (("clipped", old), ("shifted", new)):
                 pair = [r for r in rows if r["cell"] in (cell, baseline)]
-                row[f"Δ{metric}, {border}"] = interval(differences(pair, key, baseline).get(cell))
+                row[f"Δ{metric}, {border}"] = paired_text(differences(pair, key, baseline).get(cell))
         out.append(row)
     return out
 

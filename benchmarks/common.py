@@ -273,3 +273,18 @@ def paired_cells(row: Mapping) -> dict:
     interval = "–" if row["ci_low"] is None else f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
     return {"pairs": row["pairs"], "mean difference": f"{row['diff']:+.2f}", "95 % CI": interval,
             "wins": f"{row['wins']}/{row['pairs']}"}
+
+
+def paired_text(row: Mapping | None) -> str:
+    """One :func:`paired_differences` row as one cell: ``"+1.50 [-0.25, +3.25]
+    (2/3)"`` (no interval under two pairs; "–" without a pair).
+
+    Examples:
+        >>> paired_text({"pairs": 3, "diff": 1.5, "ci_low": -0.25, "ci_high": 3.25, "wins": 2})
+        '+1.50 [-0.25, +3.25] (2/3)'
+    """
+    if row is None or row["diff"] is None:
+        return "–"
+    cells = paired_cells(row)
+    interval = "" if row["ci_low"] is None else f" {cells['95 % CI']}"
+    return f"{cells['mean difference']}{interval} ({cells['wins']})"

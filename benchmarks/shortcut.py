@@ -57,8 +57,8 @@ from common import (  # noqa: E402
     cached_run,
     machine,
     open_set_arrays,
-    paired_cells,
     paired_differences,
+    paired_text,
     shuffled_batches,
     train,
 )
@@ -209,13 +209,6 @@ def run_one(arrays, cell, split, seed, rho, cue, epochs, batch_size, probe=256, 
             "cue_coverage": None if coverage is None else coverage.shares}
 
 
-def interval(d) -> str:
-    if d is None or d["diff"] is None:
-        return "–"
-    c = paired_cells(d)
-    return c["mean difference"] + ("" if d["ci_low"] is None else f" {c['95 % CI']}") + f" ({c['wins']})"
-
-
 def mean_rows(rows, names, scale) -> list[dict]:
     """Per cell: the mean of each metric over its runs."""
     table = []
@@ -246,7 +239,7 @@ def difference_rows(rows, names, scale, baseline="plain", pairs=None) -> list[di
             having = [{**r, key: scale[key] * r[key]} for r in rows
                       if r["cell"] in (cell, base) and r.get(key) is not None]
             d = {x["cell"]: x for x in paired_differences(having, key, base, by="cell")}.get(cell)
-            row[f"Δ{metric}"] = interval(d)
+            row[f"Δ{metric}"] = paired_text(d)
         out.append(row)
     return out
 
