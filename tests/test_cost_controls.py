@@ -4,7 +4,7 @@ policies in the step, and what happened in the logs."""
 import keras
 import numpy as np
 import pytest
-from conftest import sequential_cnn, sparse_ce, to_numpy, xla_only
+from conftest import sequential_cnn, sparse_ce, to_numpy
 
 from keras_gradmix import (
     GradMixConfig,
