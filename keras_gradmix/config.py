@@ -258,6 +258,12 @@ class GradMixConfig:
             model outputs logits (a Keras cross-entropy).
         outlier_weight: the weight of the outlier term (0.5, Hendrycks et
             al.'s value for vision).
+        auxiliary_positives: with ``masked_as="outlier"``, beside each outlier
+            a positive copy of the image with a mask of the same shape and area
+            at the least-attended place, its label kept (weighted by the kept
+            area), so that a mask itself says nothing about the label
+            (OpenMix+'s auxiliary positives): one more term in the loss, and
+            ``2k`` images in the masked pass.
         bn_statistics: ``"clean"``: BatchNorm running statistics are updated
             once per step, from the clean batch (the masked pass uses its own
             batch statistics, its moving-average updates are discarded);
@@ -307,6 +313,7 @@ class GradMixConfig:
     normalization: Any = None
     masked_as: str = "positive"
     outlier_weight: float = 0.5
+    auxiliary_positives: bool = False
     bn_statistics: str = "clean"
     seed: int | None = None
     check_inputs: bool = True
@@ -344,6 +351,7 @@ class GradMixConfig:
             token_grid=_grid(self.token_grid),
             masked_as=check_choice("masked_as", self.masked_as, MASKED_AS),
             outlier_weight=_positive("outlier_weight", self.outlier_weight),
+            auxiliary_positives=_flag("auxiliary_positives", self.auxiliary_positives),
             bn_statistics=check_choice("bn_statistics", self.bn_statistics, BN_STATISTICS),
             seed=_seed(self.seed),
             check_inputs=_flag("check_inputs", self.check_inputs),
@@ -362,6 +370,10 @@ class GradMixConfig:
                 f"({checked['warmup_epochs']}): no epoch would be masked.")
         if checked["masked_as"] == "outlier":
             _check_outlier(checked)
+        elif checked["auxiliary_positives"]:
+            raise ValueError(
+                "auxiliary_positives=True adds positives beside masked images used as outliers; "
+                "it needs masked_as='outlier'.")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -400,6 +412,11 @@ def _check_outlier(checked: dict) -> None:
             "masked_as='outlier' needs mode='paired': the masked images are negatives "
             "trained toward the uniform distribution, so the clean batch must carry the "
             "labels; replace mode would train on no labelled image.")
+    if checked["auxiliary_positives"] and (checked["fill"] == "mix" or checked["policy"]):
+        raise ValueError(
+            "auxiliary_positives=True masks GradMix's own images at their least-attended "
+            "place; with fill='mix' or a CutMix/MixUp policy there is no such mask. Use "
+            "fill='noise', 'shuffle' or a number, and no policy.")
     if checked["label_mode"] != "area":
         raise ValueError(
             f"label_mode={checked['label_mode']!r} weighs the labels masked images keep; with "

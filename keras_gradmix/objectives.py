@@ -22,7 +22,7 @@ from keras_gradmix.attribution import target_scores
 
 # The terms a step's loss may have, in the order of their bits in the step's
 # problem code (see keras_gradmix.guard).
-TERMS = ("clean", "masked", "partner", "masked_supcon", "outlier")
+TERMS = ("clean", "masked", "partner", "masked_supcon", "outlier", "auxiliary")
 
 
 class Objective:
@@ -165,9 +165,17 @@ class Classification(Objective):
             _, logits = attributed_output(trainer, y, y_masked)
             applied = ops.cast(masked.applied, "float32")
             from_logits = compat.loss_from_logits(trainer, trainer.options.output)
+            auxiliary = None
+            if masked.auxiliary is not None:  # the outliers, then their auxiliary positives
+                logits = ops.split(logits, 2)[0]
+                y_masked, auxiliary = (keras.tree.map_structure(lambda t: ops.split(t, 2)[i], y_masked)
+                                       for i in (0, 1))
             terms["clean"] = clean_loss
             terms["outlier"] = compat.scale_loss_for_distribution(trainer.options.outlier_weight * ops.mean(
                 weighted(applied) * outlier_loss(logits, from_logits)))
+            if auxiliary is not None:
+                terms["auxiliary"] = compat.compiled_loss(trainer, y_own, auxiliary,
+                                                          weighted(masked.auxiliary), track=False)
             return terms
         if trainer.options.mode == "paired":
             own = ops.where(masked.applied, masked.own, 0.0)  # unmasked: no second term

@@ -71,7 +71,10 @@ class MaskedBatch(NamedTuple):
     was transformed (not when not drawn, or its map is flat or not finite),
     ``index`` the images of the batch these are (None: all, in order),
     ``flat`` (k,) bool, drawn but left as they were because the map is flat,
-    ``area`` (k,) the share of each image replaced (MixUp: ``1 - lam``).
+    ``area`` (k,) the share of each image replaced (MixUp: ``1 - lam``),
+    ``auxiliary`` (k,) with ``auxiliary_positives``: the label weights of the
+    auxiliary positives, whose images follow the outliers' in ``images``
+    (``2k`` images then), else None.
     """
 
     images: object
@@ -84,6 +87,7 @@ class MaskedBatch(NamedTuple):
     index: object = None
     flat: object = None
     area: object = None
+    auxiliary: object = None
 
 
 def schedule(options: GradMixConfig, epoch=None):
@@ -175,7 +179,8 @@ def sample_transformation(
             centre = (ops.cast(keras.random.uniform((count,), 0, image_size[0], seed=next(seeds)), "int32"),
                       ops.cast(keras.random.uniform((count,), 0, image_size[1], seed=next(seeds)), "int32"))
     placement = None
-    if options.placement != "peak" and "gradmix" in policy:  # drawn last: "peak" draws as before
+    wanted = options.placement != "peak" or options.auxiliary_positives
+    if wanted and "gradmix" in policy:  # drawn last: "peak" draws as before
         placement = keras.random.uniform((count, int(image_size[0]), int(image_size[1])),
                                          seed=next(seeds))
     return Transformation(area=area, sampled=sampled, partner=partner, noise=noise, index=index,
@@ -253,7 +258,14 @@ def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
             pasted = mixing.attribution_share(partner[1], mask)
     if t.partner is not None and pasted is None:
         pasted = ops.zeros_like(own)  # a policy's partner term, weight 0 on GradMix batches
-    return _batch(filled, maps, mask, own, pasted, t, applied, sampled & ~peaked, masked)
+    auxiliary = None
+    if options.auxiliary_positives:  # OpenMix+: the same mask on the least-attended place, label kept
+        low = masks.placement_scores(maps, "low", t.placement)
+        aux_mask, aux_area = masks.place_masks(options.mask, low, t.area, options.border)
+        aux_mask = aux_mask & applied[:, None, None]
+        filled = ops.concatenate([filled, mixing.apply_fill(images, aux_mask, options.fill, noise=t.noise)])
+        auxiliary = ops.where(applied, 1.0 - aux_area, 0.0)
+    return _batch(filled, maps, mask, own, pasted, t, applied, sampled & ~peaked, masked, auxiliary)
 
 
 def _cutmix(images, maps, partner_images, t) -> MaskedBatch:
@@ -279,12 +291,13 @@ def _mixup(images, maps, partner_images, t) -> MaskedBatch:
     return _batch(blended, maps, mask, lam, 1.0 - lam, t, sampled, ops.zeros_like(sampled), 1.0 - lam)
 
 
-def _batch(images, maps, mask, own, pasted, t, applied, flat, area) -> MaskedBatch:
+def _batch(images, maps, mask, own, pasted, t, applied, flat, area, auxiliary=None) -> MaskedBatch:
     constant = ops.stop_gradient
     return MaskedBatch(
         images=constant(images), maps=constant(maps), mask=mask, own=constant(own),
         pasted=None if pasted is None else constant(pasted), partner=t.partner,
         applied=applied, index=t.index, flat=flat, area=constant(area),
+        auxiliary=None if auxiliary is None else constant(auxiliary),
     )
 
 

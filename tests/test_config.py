@@ -16,7 +16,7 @@ ALL_OPTIONS = dict(
     prefix_tokens=1, token_grid=[7, 7], masked_fraction=1.0, stop_epoch=9, area_ramp_epochs=2,
     probability_ramp_epochs=4, policy={"gradmix": 0.5, "cutmix": 0.25, "mixup": 0.25},
     cutmix_alpha=0.5, mixup_alpha=0.4, placement="low", masked_as="positive", outlier_weight=0.25,
-    border="clip", check_every=7,
+    border="clip", check_every=7, auxiliary_positives=False,
 )
 
 

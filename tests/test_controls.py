@@ -283,11 +283,12 @@ def test_outliers_train_masked_images_toward_uniform(mnist):
 
 def test_outlier_and_placement_save_and_load(tmp_path, batch):
     x, y = batch
-    gm = outlier_model(placement="random", outlier_weight=0.3, mask="threshold")
+    gm = outlier_model(placement="random", outlier_weight=0.3, mask="threshold", auxiliary_positives=True)
     gm.fit(x, y, batch_size=4, epochs=1, verbose=0)
     gm.save(tmp_path / "controls.keras")
     loaded = keras.saving.load_model(tmp_path / "controls.keras")
-    for name, value in (("placement", "random"), ("masked_as", "outlier"), ("outlier_weight", 0.3)):
+    for name, value in (("placement", "random"), ("masked_as", "outlier"), ("outlier_weight", 0.3),
+                        ("auxiliary_positives", True)):
         assert getattr(loaded.options, name) == value
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), gm.predict(x, verbose=0))
     assert np.isfinite(loaded.fit(x, y, epochs=1, verbose=0).history["loss"]).all()
@@ -318,7 +319,9 @@ def test_border_trains_compiled_and_survives_save_and_load(tmp_path, batch, bord
     dict(masked_as="outlier", placement="random", masked_fraction=0.5),
     dict(masked_as="outlier", fill="mix"),
     dict(masked_as="outlier", policy={"gradmix": 0.5, "cutmix": 0.25, "mixup": 0.25}),
-], ids=["random", "low-threshold", "outlier-random-half", "outlier-mix", "outlier-policy"])
+    dict(masked_as="outlier", auxiliary_positives=True, masked_fraction=0.5, mask="threshold"),
+], ids=["random", "low-threshold", "outlier-random-half", "outlier-mix", "outlier-policy",
+        "outlier-auxiliary-half"])
 def test_the_options_train_compiled_and_not(batch, options, jit):
     x, y = batch
     model = sequential_cnn()
@@ -365,3 +368,45 @@ def test_pixel_outliers_shuffle_the_top_attributed_pixels_and_train_toward_unifo
                 + 0.5 * np.mean(applied * uniform_cross_entropy(predict(images))))
     logs = gm.train_on_batch(x, y, return_dict=True)
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("jit", jit_choices())
+def test_auxiliary_positives_mask_the_least_attended_place_and_keep_their_label(mnist, jit):
+    """Beside each outlier (a box at the peak, trained toward uniform) a positive
+    copy with the same box at the least-attended place, label kept (weight:
+    the kept area); the loss is clean + outlier + auxiliary, computed in NumPy."""
+    x, y = mnist[0][:16], mnist[1][:16]
+    model = sequential_cnn()
+    gm = GradMixModel(model, "conv2", masked_as="outlier", auxiliary_positives=True,
+                      mask_area=(0.25, 0.25), fill=0.0, seed=0)
+    gm.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce(), jit_compile=jit)
+    preview = gm.preview(x, y)
+    images, maps, mask = (to_numpy(v) for v in (preview.images, preview.maps, preview.mask))
+    applied = to_numpy(preview.applied)
+    assert images.shape[0] == 32 and applied.sum() > 8
+    outliers, positives = images[:16], images[16:]
+    np.testing.assert_allclose(to_numpy(preview.auxiliary), np.where(applied, 0.75, 0.0))
+    for i in np.flatnonzero(applied):
+        assert mask[i].sum() == 196 and (outliers[i][mask[i]] == 0).all()
+        # The positive: zeros in a 14 x 14 box that holds a minimum of the map, the rest as it was.
+        zeros = positives[i][..., 0] == 0
+        boxes = [(r, c) for r in range(15) for c in range(15) if zeros[r:r + 14, c:c + 14].all()
+                 and np.array_equal(positives[i][..., 0] != x[i][..., 0],
+                                    np.pad(np.ones((14, 14), bool), ((r, 14 - r), (c, 14 - c)))
+                                    & (x[i][..., 0] != 0))]
+        assert any(maps[i][r:r + 14, c:c + 14].min() == maps[i].min() for r, c in boxes), i
+    predict = lambda batch: to_numpy(model(batch, training=True))  # noqa: E731
+    expected = (np.mean(cross_entropy(predict(x), y))
+                + 0.5 * np.mean(applied * uniform_cross_entropy(predict(outliers)))
+                + np.mean(np.where(applied, 0.75, 0.0) * cross_entropy(predict(positives), y)))
+    logs = gm.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(auxiliary_positives=True), "needs masked_as='outlier'"),
+    (dict(auxiliary_positives=True, masked_as="outlier", fill="mix"), "no such mask"),
+])
+def test_auxiliary_positives_errors(options, match):
+    with pytest.raises(ValueError, match=match):
+        GradMixConfig(**options)
