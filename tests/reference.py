@@ -35,10 +35,12 @@ def reference_mask(model, layer_name, x, y, area):
         if cam[i].max() == cam[i].min():
             continue  # flat map: no peak, image left unmasked
         cy, cx = np.unravel_index(np.argmax(cam[i]), (height, width))
-        for r in range(cy - side_h // 2, cy - side_h // 2 + side_h):
-            for c in range(cx - side_w // 2, cx - side_w // 2 + side_w):
-                if 0 <= r < height and 0 <= c < width:
-                    mask[i, r, c] = True
+        # Centred on the peak, moved inside the image where it would cross the border.
+        top = min(max(cy - side_h // 2, 0), height - side_h)
+        left = min(max(cx - side_w // 2, 0), width - side_w)
+        for r in range(top, top + side_h):
+            for c in range(left, left + side_w):
+                mask[i, r, c] = True
     return mask
 
 
