@@ -98,7 +98,8 @@ def run_one(data, cell, split, seed, epochs, batch_size, border) -> dict:
         options = {**options, "border": border}
     logs = {}
     results, seconds = train_and_score(data, method, options, seed, epochs, batch_size, SCORES,
-                                       feature_layer="features", logs=logs, after=masked_share)
+                                       feature_layer="features", logs=logs,
+                                       after=masked_share if method == "gradmix" else None)
     return {"cell": cell, "method": method, "options": options, "split": split, "seed": seed,
             "epochs": epochs, "train_images": len(data["train"][0]), "train_seconds": seconds,
             "results": results, "masking": logs}
