@@ -356,7 +356,7 @@ def main(argv=None):
         f"Splits {splits} x seeds {seeds}; the lean CNN trained with cross-entropy on "
         f"{args.train_per_class or 'all'} images per known class for {args.epochs} epochs (Adam "
         f"1e-3, cosine decay to 0, batch {args.batch_size}); every known- and unknown-class test "
-        f"image scored with the max logit (MLS) and kNN (Sun et al., k = 3, on the GAP features). "
+        f"image scored with the max logit (MLS) and kNN (Sun et al., k = 50, on the GAP features). "
         f"GradMix: {meta['gradmix']}, noise fill, paired, label target; boxes "
         f"{BOXES[args.border]}. "
         f"`random placement` puts "

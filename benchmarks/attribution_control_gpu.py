@@ -8,7 +8,7 @@ one open-set split, every training image of the known classes, SGD (momentum
 0.9, Nesterov, learning rate 0.1 with cosine decay, weight decay 5e-4), batch
 128, no other augmentation. GradMix: LayerCAM on ``layer3`` + ``layer4``,
 noise boxes of 10-50 %, paired, label target (the paper's configuration).
-Scored with the max logit (MLS) and kNN (k = 3) on the pooled features.
+Scored with the max logit (MLS) and kNN (Sun et al., k = 50) on the pooled features.
 
 Runs are independent processes started together (one per cell and seed,
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false``) in two waves: the positives first

@@ -72,7 +72,18 @@ def test_step_cost_smoke_writes_timings_ratios_and_memory(step_cost_smoke, tmp_p
     assert row["median_ms"] == results["tensorflow/small_cnn/off"]["median_ms"]
     assert row["cost_controls"] == json.loads(json.dumps(again["tensorflow/small_cnn/off"]["cost_controls"]))
     assert "--cost-controls" in row["cost_controls"]["command"]
+    costs_command = row["cost_controls"]["command"]
     assert "--cost-controls" not in saved["runs"]["tensorflow"]["command"]
+    # --outliers times the outlier use the same way, beside what is stored.
+    step_cost.main(["--smoke", "--outliers", "--jit", "off", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    row = saved["results"]["tensorflow/small_cnn/off"]
+    assert row["cost_controls"]["command"] == costs_command
+    med = row["outliers"]["median_ms"]
+    assert set(med) == set(step_cost.OUTLIER_VARIANTS) and row["outliers"]["steps"] == 2
+    assert row["outliers"]["over_paired"]["gradmix-outlier-aux"] == pytest.approx(
+        med["gradmix-outlier-aux"] / med["gradmix-paired"])
+    assert "## The outlier use" in (tmp_path / "step_cost.md").read_text()
 
 
 def test_gpu_check_smoke_on_the_jax_cpu(tmp_path):
@@ -328,3 +339,60 @@ def test_guard_check_smoke_times_each_setting_and_counts_steps_after_a_bad_batch
     assert all(r["ms_per_step"] > 0 and r["steps_after_bad_batch"] == 0 for r in rows.values())
     assert rows["never"]["vs_never"] == 1.0
     assert "| tensorflow | every 50 (default) |" in (tmp_path / "guard_check.md").read_text()
+
+
+def test_outliers_screen_then_powered_on_its_best_variant(tmp_path):
+    """The screen picks the variant with the best paired ΔAUROC (MLS) vs plain;
+    the powered stage trains it beside its random twin and reuses the runs it
+    shares with the screen; tuned scores use the options chosen on validation."""
+    import outliers
+
+    from keras_gradmix.osr import GRIDS
+
+    common = ["--smoke", "--splits", "0", "--seeds", "0", "--out", str(tmp_path / "runs"),
+              "--summary-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="finish `python benchmarks/outliers.py --stage screen`"):
+        outliers.main([*common, "--stage", "powered"])
+    runs, meta = outliers.main(common)
+    assert [r["cell"] for r in runs] == ["plain", "box-w0.5", "pixels-aux-w1"]
+    assert runs[2]["options"] == {"masked_as": "outlier", "mask": "threshold", "auxiliary_positives": True,
+                                  "outlier_weight": 1.0, "border": "shift"}
+    auroc = {r["cell"]: r["results"]["mls"]["auroc"] for r in runs}
+    best = max(["box-w0.5", "pixels-aux-w1"], key=lambda c: auroc[c])
+    assert meta["best"] == best and meta["runs"] == meta["wanted"] == 3
+    for r in runs:
+        for name in outliers.TUNED:
+            tuning = r["results"]["tuning"][name]
+            grid = GRIDS[name]
+            assert all(tuning["options"][k] in grid[k] for k in grid) and 0 <= tuning["val_auroc"] <= 1
+    text = (tmp_path / "outliers_screen.md").read_text()
+    assert f"`{best}`" in text and "| pixels vs box (aux, w 1) |" not in text  # its box twin did not run
+
+    powered, meta = outliers.main([*common, "--stage", "powered"])
+    assert [r["cell"] for r in powered] == ["plain", best, f"{best}-random"]
+    assert powered[0] == runs[0] and powered[1] == runs[[r["cell"] for r in runs].index(best)]
+    assert powered[2]["options"]["placement"] == "random"
+    diff = 100 * (powered[1]["results"]["mls"]["auroc"] - powered[2]["results"]["mls"]["auroc"])
+    text = (tmp_path / "outliers_powered.md").read_text()
+    assert f"| peak vs random (the same mask) | " in text and f"{diff:+.2f} (" in text
+    assert "chosen on the screen's runs alone" in text and "Outside the screen's pairs" in text
+
+
+def test_outliers_tuned_scores_are_the_scores_at_the_chosen_options(mnist):
+    """score(): the tuned columns equal an evaluation with the chosen options."""
+    import outliers
+
+    from keras_gradmix.osr import evaluate_model_open_set
+    from keras_gradmix.zoo import lean_cnn
+
+    x, y = mnist[0][:96], mnist[1][:96] % 3
+    model = lean_cnn((28, 28, 1), 3, 0)
+    data = {"train": (x[:64], y[:64]), "known_test": (x[64:], y[64:]), "unknown_test": x[64:] * 0.5}
+    val = {"known": (x[:32], y[:32]), "unknown": np.random.default_rng(0).random((32, 28, 28, 1), "float32")}
+    results = outliers.score(model, data, val)
+    for name in outliers.TUNED:
+        options = {name: results["tuning"][name]["options"]}
+        again = evaluate_model_open_set(model, data["known_test"], data["unknown_test"], (name,),
+                                        feature_layer="features", train_data=data["train"],
+                                        score_options=options)
+        assert results[f"{name}-tuned"]["auroc"] == pytest.approx(again[name]["auroc"])
