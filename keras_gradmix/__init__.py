@@ -42,6 +42,7 @@ from keras_gradmix.masks import (
     threshold_masks,
 )
 from keras_gradmix.config import GradMixConfig
+from keras_gradmix.attributor import Attributor
 from keras_gradmix.mixing import apply_fill, attribution_share, random_partner, sample_noise
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.explain import attribution_maps
@@ -62,6 +63,7 @@ __version__ = "0.2.0.dev0"
 _logging.getLogger("keras_gradmix").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "Attributor",
     "Classification",
     "GradMixConfig",
     "GradMixModel",

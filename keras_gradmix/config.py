@@ -53,7 +53,7 @@ def _value_range(value) -> tuple[float, float]:
     return low, high
 
 
-def _target(value):
+def check_target(value):
     if callable(value):
         return value
     if isinstance(value, dict):  # a serialised function, from a saved config
@@ -66,7 +66,7 @@ def _target(value):
     )
 
 
-def _output(value):
+def check_output(value):
     if value is None or isinstance(value, str) or (
         isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
     ):
@@ -76,13 +76,13 @@ def _output(value):
     )
 
 
-def _optional_count(name, value):
+def check_optional_count(name, value):
     if value is None:
         return None
     return _epochs(name, value)
 
 
-def _grid(value):
+def check_grid(value):
     if value is None:
         return None
     try:
@@ -326,7 +326,7 @@ class GradMixConfig:
         checked = dict(
             attribution=check_choice("attribution", self.attribution, tuple(attribution.METHODS)),
             mode=check_choice("mode", self.mode, MODES),
-            target=_target(self.target),
+            target=check_target(self.target),
             normalize=check_choice("normalize", self.normalize, attribution.NORMALIZATIONS),
             mask=check_choice("mask", self.mask, tuple(masks.MASKS)),
             placement=check_choice("placement", self.placement, masks.PLACEMENTS),
@@ -338,7 +338,7 @@ class GradMixConfig:
             probability=_fraction("probability", self.probability),
             warmup_epochs=_epochs("warmup_epochs", self.warmup_epochs),
             masked_fraction=_fraction("masked_fraction", self.masked_fraction),
-            stop_epoch=_optional_count("stop_epoch", self.stop_epoch),
+            stop_epoch=check_optional_count("stop_epoch", self.stop_epoch),
             area_ramp_epochs=_epochs("area_ramp_epochs", self.area_ramp_epochs),
             probability_ramp_epochs=_epochs("probability_ramp_epochs", self.probability_ramp_epochs),
             policy=_policy(self.policy),
@@ -346,9 +346,9 @@ class GradMixConfig:
             mixup_alpha=_positive("mixup_alpha", self.mixup_alpha),
             value_range=None if self.value_range is None else _value_range(self.value_range),
             normalization=_normalization(self.normalization),
-            output=_output(self.output),
-            prefix_tokens=_optional_count("prefix_tokens", self.prefix_tokens),
-            token_grid=_grid(self.token_grid),
+            output=check_output(self.output),
+            prefix_tokens=check_optional_count("prefix_tokens", self.prefix_tokens),
+            token_grid=check_grid(self.token_grid),
             masked_as=check_choice("masked_as", self.masked_as, MASKED_AS),
             outlier_weight=_positive("outlier_weight", self.outlier_weight),
             auxiliary_positives=_flag("auxiliary_positives", self.auxiliary_positives),

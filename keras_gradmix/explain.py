@@ -2,8 +2,9 @@
 
 What pytorch-grad-cam's ``GradCAM(model, target_layers)(input_tensor=x)`` and
 tf-keras-vis' ``Gradcam`` give a user: maps of a trained (or untrained) model,
-without building a :class:`~keras_gradmix.GradMixModel` or compiling. The maps
-are the ones GradMix would mask during training with the same options.
+without a training wrapper or compiling (an
+:class:`~keras_gradmix.Attributor`, in batches). The maps are the ones GradMix
+would mask during training with the same options.
 
 Examples:
 
@@ -20,8 +21,9 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from keras_gradmix.model import GradMixModel
-from keras_gradmix.steps import backend_step
+from keras_gradmix.attributor import Attributor
+
+SETTINGS = ("normalize", "output", "prefix_tokens", "token_grid")
 
 
 def attribution_maps(
@@ -50,9 +52,9 @@ def attribution_maps(
             :class:`~keras_gradmix.GradMixModel` does without data.
         attribution: ``"layercam"``, ``"gradcam"`` or ``"gradcam++"``.
         batch_size: images per forward pass.
-        **options: other :class:`~keras_gradmix.GradMixConfig` fields that
-            shape the maps: ``normalize=``, ``output=``, ``prefix_tokens=``,
-            ``token_grid=``, ``target=`` (``"label"`` or ``"prediction"``).
+        **options: the other :class:`~keras_gradmix.Attributor` settings:
+            ``normalize=``, ``output=``, ``prefix_tokens=``, ``token_grid=``,
+            ``target=`` (``"label"`` or ``"prediction"``).
 
     Returns:
         ``(N, H, W)`` float32 NumPy array.
@@ -64,7 +66,11 @@ def attribution_maps(
         raise ValueError(f"target must be 'label' or 'prediction' here, got {target!r}.")
     if target == "label" and labels is None:
         raise ValueError("target='label' needs labels; pass labels=, or target='prediction'.")
-    gm = GradMixModel(model, layer=layer, attribution=attribution, target=target, **options)
+    unknown = sorted(set(options) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"attribution_maps got unknown option(s) {unknown}; the maps take "
+                         f"{list(SETTINGS)} besides layer=, attribution= and target=.")
+    attributor = Attributor(model, layer, attribution, target=target, **options)
     images = keras.ops.convert_to_numpy(images)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(
@@ -78,9 +84,8 @@ def attribution_maps(
         _check_labels(np.asarray(labels), model(images[:1], training=False))
     maps = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        activations, gradients = backend_step().attribute(gm, x, labels[start:start + batch_size])
-        maps.append(keras.ops.convert_to_numpy(gm.image_maps(activations, gradients, x.shape[1:3])))
+        maps.append(keras.ops.convert_to_numpy(
+            attributor(images[start:start + batch_size], labels[start:start + batch_size])))
     return np.concatenate(maps)
 
 

@@ -26,7 +26,6 @@ from keras import ops
 from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
 from keras_gradmix.objectives import Classification, attributed_output
-from keras_gradmix.steps import backend_step
 from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, pick_layer, spatial_candidates
 
 logger = logging.getLogger("keras_gradmix")
@@ -87,7 +86,7 @@ def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
 
 def layer_maps(gm, x, y, paths) -> list:
     """Each layer's own attribution maps of the batch ``x``, inference mode."""
-    activations, gradients = backend_step().attribute(gm, x, y, list(paths))
+    activations, gradients = gm.attribute(x, y, list(paths))
     size = x.shape[1:3]
     method = METHODS[gm.options.attribution]
     return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]
@@ -275,7 +274,7 @@ def check_labels(gm, x, y, batch: str = "the first batch"):
     probe = getattr(gm, "_label_probe", None)  # one image's outputs: their structure and widths
     if probe is None:
         probe = gm._label_probe = gm(x[:1], training=False)
-    labels, pred = attributed_output(gm, y, probe)
+    labels, pred = attributed_output(gm.model, gm.options.output, y, probe)
     classes = pred.shape[-1]
     labels = _numpy(labels)
     if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:

@@ -15,21 +15,13 @@ import keras
 from keras import ops
 
 from keras_gradmix import compat, guard, inspection
-from keras_gradmix.attribution import maps_from_gradients
+from keras_gradmix.attributor import Attributor
 from keras_gradmix.config import DOCS, GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, raise_if_bad
-from keras_gradmix.inputs import check_image_batch, default_value_range, image_converter
+from keras_gradmix.inputs import default_value_range, image_converter
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.steps import backend_step
-from keras_gradmix.tap import (
-    LayerTap,
-    candidate_layers,
-    checked_layer,
-    pick_layer,
-    resolve_layer,
-    tapped_outputs,
-)
-from keras_gradmix.tokens import as_feature_map
+from keras_gradmix.tap import LayerTap
 from keras_gradmix.transform import (
     MASKING_METRICS,
     MaskedBatch,
@@ -116,10 +108,11 @@ class GradMixModel(keras.Model):
         if not isinstance(model, keras.Model):
             raise ValueError(f"GradMixModel wraps a keras.Model, got {type(model).__name__}.")
         self.model = model
-        self.layer = checked_layer(model, layer)
         options = (options or GradMixConfig()).replace(**option_kwargs)
         if options.value_range is None:
             options = options.replace(value_range=default_value_range(model))
+        # The attribution (model, layers, method, target...): its own part.
+        self.attributor = Attributor.from_options(model, layer, options)
         self.options = options
         outputs = getattr(model, "outputs", None)
         if outputs and len(outputs) > 1 and options.output is None and options.target != "loss":
@@ -143,11 +136,27 @@ class GradMixModel(keras.Model):
             self.built = True
 
     @property
+    def options(self) -> GradMixConfig:
+        return self._options
+
+    @options.setter
+    def options(self, value: GradMixConfig):
+        self._options = value  # the attributor follows, keeping a resolved layer
+        self.attributor = Attributor.from_options(self.model, self.attributor.layer, value)
+
+    @property
+    def layer(self):
+        """The attributed layer path(s); None until ``layer=None`` is resolved."""
+        return self.attributor.layer
+
+    @layer.setter
+    def layer(self, value):
+        self.attributor.layer = value
+
+    @property
     def layer_paths(self) -> list[str] | None:
         """The attributed layer paths, or None while ``layer=None`` is unresolved."""
-        if self.layer is None:
-            return None
-        return list(self.layer) if isinstance(self.layer, list) else [self.layer]
+        return self.attributor.layer_paths
 
     @property
     def output_names(self):
@@ -306,8 +315,19 @@ class GradMixModel(keras.Model):
         images = self.objective.prepare_inputs(images)
         # layer=None stays unresolved until training: this look resolves it for itself.
         paths = self.layer_paths or [inspection.shape_choice(self, images)]
-        activations, gradients = backend_step().attribute(self, images, labels, paths)
+        activations, gradients = self.attribute(images, labels, paths)
         return self.masked_batch(images, activations, gradients, seed=keras.random.SeedGenerator(seed))
+
+    def attribute(self, x, y, paths=None) -> tuple[list, list]:
+        """The attributor's inference-mode activations and gradients, of this
+        trainer's score (its objective's, with its loss and loss scale)."""
+        def score(x, y, y_pred):
+            loss = (self.clean_loss(x, y, y_pred, None, training=False)
+                    if self.objective.score_needs_loss(self.options) else None)
+            return self.attribution_score(y, y_pred, loss)
+
+        self.check_step_ready(x, training=False)
+        return self.attributor.attribute(x, y, paths, score)
 
     # The backend steps call the hooks below, in this order.
     def check_step_ready(self, x, training: bool = True):
@@ -315,39 +335,20 @@ class GradMixModel(keras.Model):
         tap (Keras builds by tracing ``call``, which would count as calls)."""
         if training:
             self.objective.check_compiled(self)
-        self.check_images(x)
-        if not self.model.built:
-            self.model(keras.KerasTensor((None, *x.shape[1:]), dtype=x.dtype))
+        self.attributor.ready(x)  # and builds the model
 
+    # The attribution is the attributor's (keras_gradmix.attributor).
     def tap(self, on_output=None, paths=None) -> LayerTap:
-        """A :class:`LayerTap` on ``paths``, by default the attributed layers
-        (while ``layer=None`` is unresolved, every candidate layer)."""
-        paths = paths or self.layer_paths
-        if paths is None:
-            return LayerTap(candidate_layers(self.model), on_output)
-        return LayerTap({p: resolve_layer(self.model, p) for p in paths}, on_output)
+        return self.attributor.tap(on_output, paths)
 
     def tapped_activations(self, tap: LayerTap, image_size, paths=None) -> list:
-        """The outputs of ``paths`` (by default the attributed layers) from one
-        clean forward, checked (without :meth:`inspect_batch`, the first one
-        resolves ``layer=None`` to the last spatial map)."""
-        if paths is None and self.layer is None:
-            self.layer = pick_layer(tap, image_size, self.model.name, self.options)
-        return tapped_outputs(tap, paths or self.layer_paths, self.model.name, image_size, self.options)
+        return self.attributor.tapped_activations(tap, image_size, paths)
 
     def feature_maps(self, tensors, image_size) -> list:
-        """4-D maps as they are, transformer tokens on their patch grid."""
-        o = self.options
-        return [as_feature_map(t, image_size, o.prefix_tokens, o.token_grid) for t in tensors]
+        return self.attributor.feature_maps(tensors, image_size)
 
-    def check_reaches_output(self, reaches: Sequence[bool]):
-        """Raises for an attributed layer whose output does not reach the model's."""
-        for path, reached in zip(self.layer_paths or [], reaches):
-            if not reached:
-                raise ValueError(
-                    f"The output of {self.model.name!r} does not depend on layer "
-                    f"{path!r}; attribute a layer on the path to the output."
-                )
+    def check_reaches_output(self, reaches: Sequence[bool], paths=None):
+        self.attributor.check_reaches_output(reaches, paths)
 
     @property
     def needs_clean_loss(self) -> bool:
@@ -383,12 +384,7 @@ class GradMixModel(keras.Model):
     def image_maps(self, activations, gradients, image_size):
         """The batch's attribution maps at ``image_size``, each in [0, 1]:
         ``(B, H, W)``. ``activations``/``gradients``: one tensor or a list per layer."""
-        if not isinstance(activations, (list, tuple)):
-            activations, gradients = [activations], [gradients]
-        return maps_from_gradients(
-            self.feature_maps(activations, image_size), self.feature_maps(gradients, image_size),
-            image_size, self.options.attribution, self.options.normalize,
-        )
+        return self.attributor.maps(activations, gradients, image_size)
 
     def masked_batch(self, images, activations, gradients, seed=None) -> MaskedBatch:
         """Samples this batch's transformation and applies it at the maps' peaks.
@@ -434,5 +430,3 @@ class GradMixModel(keras.Model):
         """Total loss of a step: the sum of :meth:`gradmix_terms`."""
         return sum(self.gradmix_terms(*args).values())
 
-    def check_images(self, x):
-        check_image_batch(x)

@@ -18,7 +18,6 @@ import keras
 from keras import ops
 
 from keras_gradmix import compat
-from keras_gradmix.attribution import target_scores
 
 # The terms a step's loss may have, in the order of their bits in the step's
 # problem code (see keras_gradmix.guard).
@@ -120,7 +119,7 @@ class Classification(Objective):
         # Keras builds the loss symbolically before the first step on some
         # backends: check the labels here, before the loss's own shape error.
         if trainer.options.target in ("label", "prediction"):
-            check_labels(trainer, *attributed_output(trainer, y, y_pred))
+            check_labels(trainer, *attributed_output(trainer.model, trainer.options.output, y, y_pred))
         return keras.Model.compute_loss(trainer, x, y, y_pred, sample_weight, training)
 
     def label_problem(self, trainer, y, y_pred):
@@ -140,10 +139,7 @@ class Classification(Objective):
         target = trainer.options.target
         if isinstance(target, str) and target == "loss":
             return clean_loss
-        y, y_pred = attributed_output(trainer, y, y_pred)
-        if callable(target):
-            return ops.sum(ops.cast(target(y, y_pred), "float32"))
-        return ops.sum(target_scores(labels_as_onehot(trainer, y, y_pred), y_pred, target))
+        return trainer.attributor.score(y, y_pred)
 
     def loss_terms(self, trainer, x, y, y_pred, clean_loss, y_masked, sample_weight, masked):
         def take(values, index):
@@ -162,7 +158,7 @@ class Classification(Objective):
 
         terms = {}
         if trainer.options.masked_as == "outlier":  # paired only (GradMixConfig checks)
-            _, logits = attributed_output(trainer, y, y_masked)
+            _, logits = attributed_output(trainer.model, trainer.options.output, y, y_masked)
             applied = ops.cast(masked.applied, "float32")
             from_logits = compat.loss_from_logits(trainer, trainer.options.output)
             auxiliary = None
@@ -207,15 +203,13 @@ def outlier_loss(y_pred, from_logits: bool = True):
     return -ops.mean(log_p, axis=-1)
 
 
-def attributed_output(trainer, y, y_pred):
+def attributed_output(model, output, y, y_pred):
     """The labels and predictions of the output whose score is attributed
-    (``options.output``, an index or a name, of a model with several outputs)."""
+    (``output``, an index or a name, of a model with several outputs)."""
     if not isinstance(y_pred, (list, tuple, dict)):
         return y, y_pred
-    model = getattr(trainer, "model", trainer)
     names = list(y_pred) if isinstance(y_pred, dict) else list(getattr(model, "output_names", None) or [])
     count = len(y_pred)
-    output = trainer.options.output
     if output is None and count > 1:
         raise ValueError(
             f"{model.name!r} has {count} outputs ({names or list(range(count))}); choose the "

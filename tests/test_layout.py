@@ -51,3 +51,22 @@ def test_modules_stay_small_and_study_code_stays_out():
     sizes = {path.name: len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     assert not (PACKAGE / "experiments.py").exists()
+
+
+def test_the_attribution_is_below_the_training_wrapper():
+    """attribution_maps, faithfulness and the attributor do not reach the
+    wrapper through their imports (``from keras_gradmix import masks`` counts
+    as importing ``masks``: the package's ``__init__`` runs first anyway)."""
+    known = modules()
+    graph = {m: {t for t in imports(p, known) if t not in (m, "keras_gradmix")} for m, p in known.items()}
+
+    def reached(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    for module in ("keras_gradmix.attributor", "keras_gradmix.explain", "keras_gradmix.faithfulness"):
+        assert "keras_gradmix.model" not in reached(module), module

@@ -95,17 +95,34 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=N
     return y_pred, clean_loss, activations, gradients
 
 
-def attribute(gm, x, y, paths=None):
-    """Activations and score gradients of ``paths`` (by default the attributed
-    layers), inference mode."""
+def attribute(attributor, x, y, paths=None, score=None):
+    """Activations and gradients of ``paths`` (by default the attributed
+    layers) from one inference-mode forward of ``attributor`` (its
+    :meth:`~keras_gradmix.Attributor.score`, or ``score(x, y, y_pred)``):
+    the gradient with respect to a zero perturbation of their outputs."""
     x = jax.numpy.asarray(x)
-    gm.check_step_ready(x, training=False)
-    state = gm.trainable_variables + gm.non_trainable_variables
+    attributor.ready(x)
+    model = attributor.model
+    state = model.trainable_variables + model.non_trainable_variables
+
+    def tapped_forward(eps):
+        perturb = iter(eps) if eps is not None else None
+        on_output = None if perturb is None else (lambda out: out + next(perturb))
+        with attributor.tap(on_output=on_output, paths=paths) as tap:
+            y_pred = attributor.forward(x)
+        return y_pred, attributor.tapped_activations(tap, x.shape[1:3], paths)
+
+    def value(eps):
+        y_pred, activations = tapped_forward(eps)
+        value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
+        return value, activations
+
     with keras.StatelessScope(state_mapping=[(v, v.value) for v in state]):
-        _, _, activations, gradients = _forward_and_attribute(
-            gm, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
-            paths=paths,
-        )
+        shapes = jax.eval_shape(lambda: tapped_forward(None)[1])
+        eps = [jax.numpy.zeros(s.shape, s.dtype) for s in shapes]
+        attributor.check_reaches_output(
+            _reaches_output(lambda *e: tapped_forward(list(e))[0], eps), paths)
+        gradients, activations = jax.grad(value, has_aux=True)(eps)
     return activations, gradients
 
 

@@ -35,16 +35,19 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss, p
     return y_pred, clean_loss, activations, gradients
 
 
-def attribute(gm, x, y, paths=None):
-    """Activations and score gradients of ``paths`` (by default the attributed
-    layers), inference mode."""
+def attribute(attributor, x, y, paths=None, score=None):
+    """Activations and gradients of ``paths`` (by default the attributed
+    layers) from one inference-mode forward of ``attributor`` (its
+    :meth:`~keras_gradmix.Attributor.score`, or ``score(x, y, y_pred)``)."""
     x = tf.convert_to_tensor(x)
-    gm.check_step_ready(x, training=False)
+    attributor.ready(x)
     with tf.GradientTape() as tape:
-        _, _, activations, gradients = _forward_and_attribute(
-            gm, tape, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
-            paths=paths,
-        )
+        with attributor.tap(on_output=tape.watch, paths=paths) as tap:
+            y_pred = attributor.forward(x)
+        activations = attributor.tapped_activations(tap, x.shape[1:3], paths)
+        value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
+    gradients = tape.gradient(value, activations)
+    attributor.check_reaches_output([g is not None for g in gradients], paths)
     return activations, gradients
 
 

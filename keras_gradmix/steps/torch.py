@@ -42,16 +42,19 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=N
     return y_pred, clean_loss, activations, list(gradients)
 
 
-def attribute(gm, x, y, paths=None):
-    """Activations and score gradients of ``paths`` (by default the attributed
-    layers), inference mode."""
+def attribute(attributor, x, y, paths=None, score=None):
+    """Activations and gradients of ``paths`` (by default the attributed
+    layers) from one inference-mode forward of ``attributor`` (its
+    :meth:`~keras_gradmix.Attributor.score`, or ``score(x, y, y_pred)``)."""
     x = keras.ops.convert_to_tensor(x)
-    gm.check_step_ready(x, training=False)
-    _, _, activations, gradients = _forward_and_attribute(
-        gm, x, y, None, training=False, need_loss=gm.objective.score_needs_loss(gm.options),
-            paths=paths,
-    )
-    return activations, gradients
+    attributor.ready(x)
+    with attributor.tap(on_output=_require_grad, paths=paths) as tap:
+        y_pred = attributor.forward(x)
+    activations = attributor.tapped_activations(tap, x.shape[1:3], paths)
+    value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
+    gradients = torch.autograd.grad(value, activations, allow_unused=True)
+    attributor.check_reaches_output([g is not None for g in gradients], paths)
+    return [a.detach() for a in activations], list(gradients)
 
 
 def _averaged_over_processes(gradients):
