@@ -22,6 +22,14 @@ Cost controls (``--cost-controls`` times only these, beside ``plain`` and
                                   of the batch is masked and forwarded again
     gradmix-paired-untracked      without the gradmix_masked/flat/area metrics
 
+The outlier use (``--outliers`` times only these, beside ``plain`` and
+``gradmix-paired``, and stores them in the rows' ``outliers``):
+
+    gradmix-outlier       masked_as="outlier": the masked images as unknowns
+    gradmix-outlier-aux   plus auxiliary_positives=True: a second masked copy of
+                          each image (the box at its least-attended place, label
+                          kept) in the same forward/backward
+
 Times are interleaved (one step of each variant per round, A B C ... A B C),
 each step synchronised; compile/warm-up rounds are discarded; medians and
 min-max are reported. Peak memory is measured per variant in a child process
@@ -36,6 +44,7 @@ step_cost.md is written from all rows.
     python benchmarks/step_cost.py                          # TensorFlow rows
     KERAS_BACKEND=torch python benchmarks/step_cost.py --jit off   # PyTorch rows
     python benchmarks/step_cost.py --cost-controls          # only the partial-batch rows
+    python benchmarks/step_cost.py --outliers               # only the outlier rows
     python benchmarks/step_cost.py --smoke --out /tmp/step_cost
 """
 
@@ -73,6 +82,7 @@ VARIANTS = (
 )
 COST_VARIANTS = ("plain", "gradmix-paired", "gradmix-paired-f0.5", "gradmix-paired-f0.25",
                  "gradmix-paired-untracked")
+OUTLIER_VARIANTS = ("plain", "gradmix-paired", "gradmix-outlier", "gradmix-outlier-aux")
 # name: (builder, input shape, GradMix options) -- the examples' settings.
 MODELS = {
     "small_cnn": (lambda: small_cnn(0), (28, 28, 1), dict(layer="conv2", attribution="layercam")),
@@ -150,6 +160,9 @@ def make_step(model_name, variant, jit, batch):
         "gradmix-paired-f0.5": lambda: GradMixModel(model, masked_fraction=0.5, seed=0, **options),
         "gradmix-paired-f0.25": lambda: GradMixModel(model, masked_fraction=0.25, seed=0, **options),
         "gradmix-paired-untracked": lambda: untracked(GradMixModel(model, seed=0, **options)),
+        "gradmix-outlier": lambda: GradMixModel(model, masked_as="outlier", seed=0, **options),
+        "gradmix-outlier-aux": lambda: GradMixModel(model, masked_as="outlier", auxiliary_positives=True,
+                                                    seed=0, **options),
     }[variant]()
     trainer.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -182,6 +195,15 @@ def cost_controls(times) -> dict:
         out[f"f{f}"] = {"extra_ms": extra, "bound_ms": bound, "met": extra <= bound,
                         "extra_share_of_full": extra / (full - plain)}
     return out
+
+
+def outlier_costs(times) -> dict:
+    """Medians, and each outlier variant's time over plain and over paired
+    GradMix: the auxiliary positives double the masked part of the batch."""
+    med = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+    return {"median_ms": med, "steps": len(next(iter(times.values()))),
+            "over_plain": {v: med[v] / med["plain"] for v in med},
+            "over_paired": {v: med[v] / med["gradmix-paired"] for v in med}}
 
 
 def _rss(field):
@@ -285,6 +307,24 @@ def markdown(results, runs):
             cells.append(f"{100 * c['metrics_overhead']:+.1f} %")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    outliers = {k: r["outliers"] for k, r in results.items() if "outliers" in r}
+    if outliers:
+        lines += ["## The outlier use: masked images as unknowns, and auxiliary positives", "",
+                  "Paired steps: the clean batch plus its masked copies (`masked_as=\"outlier\"`); "
+                  "`auxiliary_positives=True` adds a second masked copy of every image (the same "
+                  "area at its least-attended place, label kept), so the batch trained on is 3B "
+                  "instead of 2B. The attribution is paid once. Each row's command is in "
+                  "step_cost.json (`outliers.command`).", "",
+                  "| backend/model/jit | plain ms | paired ms | outlier ms | outlier + aux ms | "
+                  "outlier / paired | outlier + aux / paired | outlier + aux / plain |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, c in outliers.items():
+            med, paired = c["median_ms"], c["over_paired"]
+            lines.append(f"| {key} | {med['plain']:.1f} | {med['gradmix-paired']:.1f} | "
+                         f"{med['gradmix-outlier']:.1f} | {med['gradmix-outlier-aux']:.1f} | "
+                         f"{paired['gradmix-outlier']:.2f} | {paired['gradmix-outlier-aux']:.2f} | "
+                         f"{c['over_plain']['gradmix-outlier-aux']:.2f} |")
+        lines.append("")
     for key, row in results.items():
         backend, model_name, jit = key.split("/")
         lines += [f"## {model_name}, {backend}, jit_compile={jit}", "",
@@ -336,6 +376,8 @@ def main(argv=None):
                         help="checks the script: small CNN, batch 8, 2 rounds, memory of 2 variants")
     parser.add_argument("--cost-controls", action="store_true",
                         help="time only the cost-control variants; keep the rest of the stored rows")
+    parser.add_argument("--outliers", action="store_true",
+                        help="time only the outlier variants; keep the rest of the stored rows")
     parser.add_argument("--probe", nargs=3, metavar=("MODEL", "VARIANT", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
@@ -354,7 +396,7 @@ def main(argv=None):
     for model_name in args.models:
         for jit in args.jit:
             key = f"{BACKEND}/{model_name}/{jit}"
-            if args.cost_controls:
+            if args.cost_controls or args.outliers:
                 results[key] = dict(stored.get(key, {}))
             else:
                 times = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup)
@@ -363,6 +405,12 @@ def main(argv=None):
                     mem = memory(model_name, False, args.batch, min(args.rounds, 5), args.memory)
                 results[key] = summarise(times, mem)
                 print(key, json.dumps(results[key]["ratios"]), flush=True)
+            if args.outliers:
+                times = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup,
+                                OUTLIER_VARIANTS)
+                results[key]["outliers"] = {**outlier_costs(times), "command": command}
+                print(key, "outliers", json.dumps(results[key]["outliers"]["over_paired"]), flush=True)
+                continue
             costs = timings(model_name, jit == "on", args.batch, args.rounds, args.warmup, COST_VARIANTS)
             results[key]["cost_controls"] = {**cost_controls(costs), "command": command}
             print(key, "cost controls", json.dumps(results[key]["cost_controls"]), flush=True)
@@ -376,7 +424,7 @@ def main(argv=None):
         "batch": args.batch, "rounds": args.rounds, "warmup": args.warmup,
     }
     out.mkdir(parents=True, exist_ok=True)
-    if args.cost_controls:  # the rows' other variants keep the run that measured them
+    if args.cost_controls or args.outliers:  # the rows' other variants keep the run that measured them
         meta = runs.get(BACKEND, meta)
     else:
         stored = {k: v for k, v in stored.items() if not k.startswith(f"{BACKEND}/")}

@@ -396,3 +396,40 @@ def test_outliers_tuned_scores_are_the_scores_at_the_chosen_options(mnist):
                                         feature_layer="features", train_data=data["train"],
                                         score_options=options)
         assert results[f"{name}-tuned"]["auroc"] == pytest.approx(again[name]["auroc"])
+
+
+def test_timeseries_reads_ts_files_exactly(tmp_path):
+    import timeseries
+
+    path = tmp_path / "toy.ts"
+    path.write_text("# a comment\n@problemName toy\n@univariate false\n@classLabel true a b\n@data\n"
+                    "1,2,3:4,5,6:a\n0.5,0,-1:7,8,9:b\n")
+    x, y = timeseries.read_ts(str(path))
+    np.testing.assert_array_equal(x, [[[1, 4], [2, 5], [3, 6]], [[0.5, 7], [0, 8], [-1, 9]]])
+    assert x.dtype == np.float32 and list(y) == ["a", "b"]
+    path.write_text("@data\n1,2:a\n1,2,3:b\n")
+    with pytest.raises(ValueError, match="unequal lengths"):
+        timeseries.read_ts(str(path))
+
+
+def test_timeseries_smoke_on_japanese_vowels(tmp_path):
+    import importlib.util
+
+    import timeseries
+
+    if importlib.util.find_spec("aeon") is None:
+        pytest.skip("needs the aeon wheel's data (make venv installs it)")
+    data = timeseries.open_set("JapaneseVowels", 0)
+    x, y = data["train"]
+    assert x.shape[1:] == (25, 12) and sorted(set(y)) == list(range(6)) and len(data["unknown"]) == 3
+    np.testing.assert_allclose(x.mean(axis=(0, 1)), 0, atol=1e-4)  # the known training series' statistics
+    np.testing.assert_allclose(x.std(axis=(0, 1)), 1, atol=1e-3)
+    runs, summary = timeseries.main(["--smoke", "--splits", "0", "--seeds", "0", "--cells",
+                                     "plain,gradmix,gradmix-random", "--out", str(tmp_path / "runs"),
+                                     "--summary", str(tmp_path / "ts.md")])
+    assert [r["cell"] for r in runs] == ["plain", "gradmix", "gradmix-random"]
+    assert runs[2]["options"] == {"placement": "random"}
+    by = {r["cell"]: 100 * r["results"]["mls"]["auroc"] for r in runs}
+    contrast = summary["tables"]["JapaneseVowels"]["contrasts"][0]
+    assert contrast["ΔAUROC (MLS)"].startswith(f"{by['gradmix'] - by['gradmix-random']:+.2f}")
+    assert runs[1]["masking"]["gradmix_masked"][-1] > 0
