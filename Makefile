@@ -41,8 +41,11 @@ $(VENV)/.demo: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[examples]"
 	touch $@
 
+# aeon without its dependencies: the tests read the UCR/UEA files inside its
+# wheel (benchmarks/timeseries.py); its numba pin would move NumPy.
 $(VENV)/.installed: $(VENV)/.demo
 	$(PY) -m pip install --quiet -e ".[test,examples,jax]" "$(TORCH)"
+	$(PY) -m pip install --quiet --no-deps aeon
 	touch $@
 
 $(VENV)/.docs: $(VENV)/.demo

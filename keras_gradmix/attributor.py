@@ -181,4 +181,4 @@ class Attributor:
         (class indices or one-hot) unless ``target="prediction"``."""
         x = ops.convert_to_tensor(x)
         activations, gradients = self.attribute(x, y)
-        return self.maps(activations, gradients, x.shape[1:3])
+        return self.maps(activations, gradients, x.shape[1:-1])

@@ -177,7 +177,8 @@ class GradMixConfig:
         normalize: ``"image"`` (each map to [0, 1]) or ``"batch"`` (one
             min-max over the batch, as the reference code).
         mask: ``"box"``: a box with the image's aspect ratio centred on the
-            map's peak; ``"threshold"``: the highest-attribution pixels
+            map's peak (a span of steps for sequences, a 3-D box for
+            volumes); ``"threshold"``: the highest-attribution pixels
             covering the sampled area.
         border: a box that would cross the image border is ``"shift"``-ed
             inside it (default: every box masks the sampled area, to the

@@ -42,9 +42,10 @@ def attribution_maps(
     dropout is off) and changes nothing in ``model``.
 
     Args:
-        model: a Keras classifier with one image input ``(B, H, W, C)`` and
-            one output of class scores, built or not.
-        images: ``(N, H, W, C)`` array or tensor.
+        model: a Keras classifier with one image input ``(B, H, W, C)`` (or
+            a sequence ``(B, T, C)``, a volume ``(B, D, H, W, C)``) and one
+            output of class scores, built or not.
+        images: ``(N, H, W, C)`` array or tensor (``(N, T, C)``, ``(N, D, H, W, C)``).
         labels: class indices ``(N,)`` or one-hot ``(N, K)``: the map of each
             image's true class. None: the map of the predicted class.
         layer: the attributed layer's name or path (a list for the summed
@@ -57,7 +58,7 @@ def attribution_maps(
             ``target=`` (``"label"`` or ``"prediction"``).
 
     Returns:
-        ``(N, H, W)`` float32 NumPy array.
+        ``(N, H, W)`` float32 NumPy array (``(N, T)``, ``(N, D, H, W)``).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -72,10 +73,11 @@ def attribution_maps(
                          f"{list(SETTINGS)} besides layer=, attribution= and target=.")
     attributor = Attributor(model, layer, attribution, target=target, **options)
     images = keras.ops.convert_to_numpy(images)
-    if images.ndim != 4 or len(images) == 0:
+    if images.ndim not in (3, 4, 5) or len(images) == 0:
         raise ValueError(
             f"attribution_maps needs a non-empty batch of images (batch, height, width, "
-            f"channels), channels last; got shape {images.shape}.")
+            f"channels), channels last (or sequences (batch, steps, channels), volumes "
+            f"(batch, depth, height, width, channels)); got shape {images.shape}.")
     # "prediction" ignores the labels: zeros stand in for absent ones.
     labels = np.zeros(len(images), "int32") if labels is None else keras.ops.convert_to_numpy(labels)
     if len(labels) != len(images):

@@ -40,18 +40,21 @@ def default_value_range(model) -> tuple[float, float]:
 
 
 def check_image_batch(x) -> None:
-    """One image input ``(batch, height, width, channels)``, height and width known."""
+    """One input over a grid, channels last, the grid's size known: images
+    ``(batch, height, width, channels)``, sequences ``(batch, steps,
+    channels)`` or volumes ``(batch, depth, height, width, channels)``."""
     if isinstance(x, (list, tuple, dict)):
         raise ValueError(
             "GradMixModel needs a single image input (batch, height, width, "
             f"channels); got {type(x).__name__}."
         )
-    if len(x.shape) != 4:
+    if len(x.shape) not in (3, 4, 5):
         raise ValueError(
             f"GradMixModel needs images of shape (batch, height, width, "
-            f"channels), channels last; got shape {tuple(x.shape)}."
+            f"channels), channels last (or sequences (batch, steps, channels), volumes "
+            f"(batch, depth, height, width, channels)); got shape {tuple(x.shape)}."
         )
-    if x.shape[1] is None or x.shape[2] is None:
+    if any(s is None for s in x.shape[1:-1]):
         raise ValueError(
             f"GradMixModel needs batches whose image height and width are "
             f"known when the step is traced; got shape {tuple(x.shape)}. "

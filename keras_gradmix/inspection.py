@@ -43,7 +43,7 @@ def inspect_batch(gm, x, y, sample_weight=None):
         check_inputs(gm, x, y, sample_weight)
     if gm.layer is None:
         _, tap, flat = flat_layers(gm, x, y)
-        gm.layer = pick_layer(tap, x.shape[1:3], gm.model.name, gm.options, flat)
+        gm.layer = pick_layer(tap, x.shape[1:-1], gm.model.name, gm.options, flat)
     elif not getattr(gm, "_flat_warned", False) and all_flat(maps := checked_layer_maps(gm, x, y)):
         warnings.warn(f"GradMix: every attribution map of layer={gm.layer!r} is flat on the "
                       f"first batch, so nothing will be masked. {flat_cause(gm, x, y, maps)}",
@@ -57,13 +57,14 @@ def checked_layer_maps(gm, x, y) -> list:
     try:
         return layer_maps(gm, x, y, gm.layer_paths)
     except SmallMapError as error:
-        height, width = x.shape[1:3]
+        grid = x.shape[1:-1]
+        one = "x".join("1" * len(grid))
         candidates, tap = spatial_layers(gm, x)
         better = (f"The last layer whose maps are larger is {candidates[-1]!r} "
-                  f"({'x'.join(map(str, tap.outputs[candidates[-1]][0].shape[1:3]))}): attribute "
-                  f"it" if candidates else "No layer has maps larger than 1x1: use larger images")
+                  f"({'x'.join(map(str, tap.outputs[candidates[-1]][0].shape[1:-1]))}): attribute "
+                  f"it" if candidates else f"No layer has maps larger than {one}: use larger images")
         raise ValueError(
-            f"Layer {error.path!r} gives 1x1 maps at {height}x{width} inputs: one value per "
+            f"Layer {error.path!r} gives {one} maps at {'x'.join(map(str, grid))} inputs: one value per "
             f"image, so there is no place to mask. {better}, or feed larger images (each "
             f"halving of the resolution in the model halves the map).") from None
 
@@ -72,7 +73,7 @@ def shape_choice(gm, x) -> str:
     """What ``layer=None`` resolves to without looking at maps (a custom loop's
     first step): the last spatial map of ``x``'s forward, not stored."""
     _, tap = spatial_layers(gm, x)
-    return pick_layer(tap, x.shape[1:3], gm.model.name, gm.options)
+    return pick_layer(tap, x.shape[1:-1], gm.model.name, gm.options)
 
 
 def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
@@ -81,13 +82,13 @@ def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
     gm.check_step_ready(x, training=False)
     with LayerTap(candidate_layers(gm.model)) as tap:
         gm(x, training=False)
-    return spatial_candidates(tap, x.shape[1:3], gm.options), tap
+    return spatial_candidates(tap, x.shape[1:-1], gm.options), tap
 
 
 def layer_maps(gm, x, y, paths) -> list:
     """Each layer's own attribution maps of the batch ``x``, inference mode."""
     activations, gradients = gm.attribute(x, y, list(paths))
-    size = x.shape[1:3]
+    size = x.shape[1:-1]
     method = METHODS[gm.options.attribution]
     return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]
 

@@ -9,6 +9,10 @@ the batch)::
     where = placement_scores(maps, "random", keras.random.uniform(maps.shape))
     mask, masked = box_masks(where, area)  # the same box at a random place (the control)
 
+Maps over any grid work the same: a sequence's ``(B, T)`` maps give intervals
+(a contiguous span), a volume's ``(B, D, H, W)`` maps give boxes in three
+dimensions; ``area`` is always the share of the whole grid.
+
 A box near the border is shifted inside the image (``border="shift"``), so
 every placement masks the same area; ``border="clip"`` clips it, as the
 authors' code does (a box at a random place then masks less than one at the
@@ -122,11 +126,23 @@ def sample_mask_area(
 
 
 def peak_positions(maps):
-    """Row and column of each map's maximum (the first one in raster order on ties)."""
-    width = maps.shape[2]
+    """Row and column of each map's maximum (the first one in raster order on
+    ties): one ``(B,)`` int32 index per grid axis (one for ``(B, T)`` maps,
+    three for ``(B, D, H, W)``)."""
+    sizes = [int(s) for s in maps.shape[1:]]
     flat = ops.argmax(ops.reshape(maps, (ops.shape(maps)[0], -1)), axis=-1)
     flat = ops.cast(flat, "int32")
-    return flat // width, flat % width
+    out = []
+    for axis in range(len(sizes)):  # the flat index in raster order, unravelled
+        stride = math.prod(sizes[axis + 1:])
+        index = flat // stride if stride > 1 else flat
+        out.append(index % sizes[axis] if axis else index)
+    return tuple(out)
+
+
+def per_item(values, like):
+    """``(B,)`` values shaped to broadcast against ``like`` (``(B, 1, ..., 1)``)."""
+    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
 
 
 BORDERS = ("shift", "clip")
@@ -140,10 +156,12 @@ def box_masks(maps, area, border: str = "shift"):
     (columns alike). A box that would cross the border is shifted inside the
     image (``border="shift"``): it keeps its whole area, wherever it lands,
     and still holds the peak. ``border="clip"`` cuts it at the border instead
-    (the authors' code): less area near the border.
+    (the authors' code): less area near the border. Over a ``(B, T)`` grid the
+    box is a span of ``round(T * area)`` steps; over ``(B, D, H, W)`` its sides
+    are ``round(S * area ** (1/3))``.
 
     Args:
-        maps: ``(B, H, W)`` attribution maps at image resolution.
+        maps: ``(B, H, W)`` attribution maps at image resolution (or any grid).
         area: masked-area fraction, a scalar or ``(B,)``.
         border: ``"shift"`` or ``"clip"``.
 
@@ -152,39 +170,42 @@ def box_masks(maps, area, border: str = "shift"):
         float32, the real masked fraction of each image (``side_h * side_w /
         (H * W)`` when shifted: the area asked, to the pixel grid).
     """
-    return boxes_at(*peak_positions(maps), area, (maps.shape[1], maps.shape[2]), border)
+    return boxes_at(peak_positions(maps), area, tuple(maps.shape[1:]), border)
 
 
-def boxes_at(cy, cx, area, image_size, border: str = "shift"):
-    """Boxes centred at rows ``cy`` and columns ``cx`` (``(B,)`` int32), as
-    :func:`box_masks` places them at a map's peak."""
+def boxes_at(centres, area, image_size, border: str = "shift"):
+    """Boxes centred at ``centres``, one ``(B,)`` int32 index per grid axis
+    (rows and columns of images), as :func:`box_masks` places them at a map's
+    peak; ``image_size`` the grid's size."""
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got {border!r}.")
-    height, width = int(image_size[0]), int(image_size[1])
-    cy, cx = (ops.cast(ops.convert_to_tensor(c), "int32") for c in (cy, cx))
-    batch = ops.shape(cy)[0]
+    sizes = [int(s) for s in image_size]
+    if len(centres) != len(sizes):
+        raise ValueError(f"{len(centres)} centre coordinates for a {len(sizes)}-D grid {tuple(sizes)}.")
+    centres = [ops.cast(ops.convert_to_tensor(c), "int32") for c in centres]
+    batch = ops.shape(centres[0])[0]
     area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
-    side = ops.sqrt(area)
-    side_h = ops.cast(ops.floor(height * side + 0.5), "int32")
-    side_w = ops.cast(ops.floor(width * side + 0.5), "int32")
-    top = cy - side_h // 2
-    left = cx - side_w // 2
-    if border == "shift":  # inside the image: [0, H - side_h] (holds cy: cy < H, side_h >= 1)
-        top = ops.minimum(ops.maximum(top, 0), height - side_h)
-        left = ops.minimum(ops.maximum(left, 0), width - side_w)
-    rows = ops.arange(height, dtype="int32")[None, :]  # (1, H)
-    cols = ops.arange(width, dtype="int32")[None, :]
-    in_rows = (rows >= top[:, None]) & (rows < (top + side_h)[:, None])  # (B, H)
-    in_cols = (cols >= left[:, None]) & (cols < (left + side_w)[:, None])  # (B, W)
-    mask = in_rows[:, :, None] & in_cols[:, None, :]
-    rows_in = ops.clip(top + side_h, 0, height) - ops.clip(top, 0, height)
-    cols_in = ops.clip(left + side_w, 0, width) - ops.clip(left, 0, width)
-    masked = ops.cast(rows_in * cols_in, "float32") / float(height * width)
+    # The side's share of each axis: area ** (1 / axes) (sqrt for images, as always).
+    side = area if len(sizes) == 1 else ops.sqrt(area) if len(sizes) == 2 else area ** (1.0 / len(sizes))
+    mask, count = None, 1
+    for axis, (size, centre) in enumerate(zip(sizes, centres)):
+        length = ops.cast(ops.floor(size * side + 0.5), "int32")
+        start = centre - length // 2
+        if border == "shift":  # inside: [0, size - length] (holds the centre: it is < size)
+            start = ops.minimum(ops.maximum(start, 0), size - length)
+        steps = ops.arange(size, dtype="int32")[None, :]  # (1, size)
+        inside = (steps >= start[:, None]) & (steps < (start + length)[:, None])  # (B, size)
+        shape = [-1] + [size if a == axis else 1 for a in range(len(sizes))]
+        inside = ops.reshape(inside, shape)
+        mask = inside if mask is None else mask & inside
+        count = count * (ops.clip(start + length, 0, size) - ops.clip(start, 0, size))
+    masked = ops.cast(count, "float32") / float(math.prod(sizes))
     return mask, masked
 
 
 def threshold_masks(maps, area):
-    """Masks the ``round(area * H * W)`` highest-attribution pixels of each map.
+    """Masks the ``round(area * H * W)`` highest-attribution pixels of each map
+    (of any grid: steps of a sequence, voxels of a volume).
 
     A free-form mask that always contains the peak. Ties at the threshold go to
     the earliest pixels in raster order, so the mask is deterministic.
@@ -196,8 +217,7 @@ def threshold_masks(maps, area):
     Returns:
         ``mask``: ``(B, H, W)`` bool; ``masked``: ``(B,)`` float32 real fraction.
     """
-    height, width = maps.shape[1], maps.shape[2]
-    pixels = height * width
+    pixels = math.prod(int(s) for s in maps.shape[1:])
     batch = ops.shape(maps)[0]
     flat = ops.reshape(ops.cast(maps, "float32"), (batch, pixels))
     area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
@@ -210,7 +230,7 @@ def threshold_masks(maps, area):
     tie_rank = ops.cumsum(ops.cast(tied, "int32"), axis=-1)
     mask = above | (tied & (tie_rank <= room[:, None]))
     masked = ops.cast(count, "float32") / float(pixels)
-    return ops.reshape(mask, (batch, height, width)), masked
+    return ops.reshape(mask, ops.shape(maps)), masked
 
 
 MASKS = {"box": box_masks, "threshold": threshold_masks}
@@ -238,9 +258,9 @@ def placement_scores(maps, placement: str = "peak", draw=None):
     from low to high attribution.
 
     Args:
-        maps: ``(B, H, W)`` attribution maps.
+        maps: ``(B, H, W)`` attribution maps (or any grid).
         placement: one of ``PLACEMENTS``.
-        draw: ``(B, H, W)`` uniform ``[0, 1)`` values (``"random"``, ``"low"``).
+        draw: uniform ``[0, 1)`` values shaped like ``maps`` (``"random"``, ``"low"``).
     """
     if placement == "peak":
         return maps
@@ -252,7 +272,8 @@ def placement_scores(maps, placement: str = "peak", draw=None):
     if placement != "low":
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
     maps = ops.cast(maps, "float32")
-    lowest = maps <= ops.min(maps, axis=(1, 2), keepdims=True)
-    scale = ops.max(ops.abs(maps), axis=(1, 2), keepdims=True)
+    axes = tuple(range(1, len(maps.shape)))
+    lowest = maps <= ops.min(maps, axis=axes, keepdims=True)
+    scale = ops.max(ops.abs(maps), axis=axes, keepdims=True)
     # Minima above every other pixel (whose scores -maps are <= scale).
     return ops.where(lowest, 2.0 * scale + 1.0 + draw, -maps)

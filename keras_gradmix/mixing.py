@@ -41,9 +41,10 @@ def attribution_share(maps, mask):
     """
     maps = ops.cast(maps, "float32")
     mask = ops.cast(mask, "float32")
-    total = ops.sum(maps, axis=(1, 2))
-    inside = ops.sum(maps * mask, axis=(1, 2))
-    area = ops.mean(mask, axis=(1, 2))
+    axes = tuple(range(1, len(maps.shape)))
+    total = ops.sum(maps, axis=axes)
+    inside = ops.sum(maps * mask, axis=axes)
+    area = ops.mean(mask, axis=axes)
     return ops.where(total > 0, inside / ops.maximum(total, 1e-12), area)
 
 
@@ -54,9 +55,10 @@ def random_partner(batch_size, seed=None):
 
 def sample_noise(batch_size, image_size, value_range=(0.0, 1.0), seed=None, dtype="float32"):
     """``(B, H, W, 1)`` uniform noise in ``value_range``: one value per pixel,
-    shared by the channels (as the GradMix reference code)."""
+    shared by the channels (as the GradMix reference code); ``(B, *grid, 1)``
+    for any grid ``image_size``."""
     low, high = value_range
-    shape = (batch_size, int(image_size[0]), int(image_size[1]), 1)
+    shape = (batch_size, *(int(s) for s in image_size), 1)
     return keras.random.uniform(shape, low, high, seed=seed, dtype=dtype)
 
 
@@ -66,9 +68,9 @@ def shuffle_masked(images, mask, keys):
     uniforms, the permutation (the masked pixels in the order of their keys
     take the masked places in raster order). Argsorts and gathers only: XLA-safe.
     """
-    batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
-    pixels = height * width
-    flat = ops.reshape(images, (batch, pixels, images.shape[3]))
+    batch = ops.shape(images)[0]
+    pixels = math.prod(int(s) for s in images.shape[1:-1])  # any grid: steps, pixels, voxels
+    flat = ops.reshape(images, (batch, pixels, images.shape[-1]))
     masked = ops.reshape(mask, (batch, pixels))
     position = ops.cast(ops.arange(pixels), "float32")[None, :]
     # Masked places in raster order first, and masked pixels in random order first.
@@ -95,8 +97,9 @@ def apply_fill(
     """Replaces the pixels of ``images`` where ``mask`` is True.
 
     Args:
-        images: ``(B, H, W, C)`` images, channels last.
-        mask: ``(B, H, W)`` bool, True where the image is replaced.
+        images: ``(B, H, W, C)`` images, channels last (or any grid:
+            ``(B, T, C)`` sequences, ``(B, D, H, W, C)`` volumes).
+        mask: ``(B, H, W)`` bool (the grid), True where the image is replaced.
         fill: ``"noise"``: uniform noise in ``value_range``, one value per pixel
             shared by all channels (as the GradMix reference code);
             ``"mix"``: the same pixels of ``images[partner]``;
@@ -120,12 +123,12 @@ def apply_fill(
     if fill == "noise":
         if noise is None:
             noise = sample_noise(
-                ops.shape(images)[0], images.shape[1:3], value_range, seed, images.dtype
+                ops.shape(images)[0], images.shape[1:-1], value_range, seed, images.dtype
             )
         content = ops.cast(noise, images.dtype)
     elif fill == "shuffle":
         if noise is None:
-            noise = keras.random.uniform((ops.shape(images)[0], *images.shape[1:3], 1), seed=seed)
+            noise = keras.random.uniform((ops.shape(images)[0], *images.shape[1:-1], 1), seed=seed)
         return shuffle_masked(images, mask, ops.reshape(noise, ops.shape(mask)))
     elif fill == "mix":
         if partner is None:

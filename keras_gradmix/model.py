@@ -393,7 +393,7 @@ class GradMixModel(keras.Model):
         defaults to the model's own generator; an int gives independent draws.
         """
         images = ops.convert_to_tensor(images)
-        size = images.shape[1:3]
+        size = images.shape[1:-1]
         maps = self.image_maps(activations, gradients, size)
         batch = ops.shape(images)[0]
         seed = self.seed_generator if seed is None else seed

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import math
 import warnings
 from typing import Callable, Iterator
 
@@ -58,11 +59,14 @@ def graph_output_shape(layer) -> tuple | None:
 
 
 def image_layer_paths(model) -> list[str]:
-    """Paths of layers whose graph output is 4-D, the candidates for attribution."""
+    """Paths of layers whose graph output has the input's rank (4-D for
+    images, 3-D for sequences, 5-D for volumes), the candidates for attribution."""
+    inputs = getattr(model, "inputs", None) or []
+    rank = len(inputs[0].shape) if len(inputs) == 1 and len(inputs[0].shape) in (3, 5) else 4
     return [
         path
         for path, layer in iter_layers(model)
-        if len(graph_output_shape(layer) or ()) == 4
+        if len(graph_output_shape(layer) or ()) == rank
     ]
 
 
@@ -125,17 +129,25 @@ def _candidates(model, name, kind) -> str:
     if kind == "attribution":
         paths = image_layer_paths(model)
         if paths:
-            return (hint + candidate_text(paths, "layers with a 4-D output")
+            return (hint + candidate_text(paths, "layers with a map")
                     + " Pass one of them, or layer=None for a layer chosen for you.")
     return hint + candidate_text(every, "layers") + (
         " Features are read from a 2-D (batch, features) or 4-D output (averaged over space)."
         if kind == "features" else "")
 
 
+GRID_OUTPUTS = {1: "one (batch, steps, channels) sequence output",
+                2: "one 4-D (batch, height, width, channels) feature map or (batch, tokens, "
+                   "channels) transformer tokens",
+                3: "one 5-D (batch, depth, height, width, channels) feature map"}
+
+
 def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=None) -> list:
     """The output of each layer in ``paths`` from one forward, checked: one
     call, one 4-D ``(batch, height, width, channels)`` feature map or a
-    ``(batch, tokens, channels)`` output whose patch grid fits the image."""
+    ``(batch, tokens, channels)`` output whose patch grid fits the image (for
+    ``(T,)`` sequences a ``(batch, steps, channels)`` output, for ``(D, H, W)``
+    volumes a 5-D one)."""
     activations = []
     for path in paths:
         outputs = tap.outputs[path]
@@ -145,21 +157,25 @@ def tapped_outputs(tap: "LayerTap", paths, model_name: str, image_size, options=
                 f"{model_name!r}; GradMix needs a layer that runs exactly once."
             )
         activation = outputs[0]
-        if keras.ops.is_tensor(activation) and len(activation.shape) == 4 and _area(activation) == 1:
+        native = len(image_size) + 2  # (batch, *grid, channels)
+        rank = len(activation.shape) if keras.ops.is_tensor(activation) else None
+        if rank == native and _area(activation) == 1:
+            sizes = "x".join(str(s) for s in image_size)
             raise SmallMapError(
-                f"Layer {path!r} gives 1x1 maps at {image_size[0]}x{image_size[1]} inputs: one "
+                f"Layer {path!r} gives {'x'.join('1' * len(image_size))} maps at {sizes} inputs: one "
                 f"value per image, no place to mask. Attribute an earlier layer, or pass "
                 f"layer=None (the last layer with larger maps), or feed larger images.", path)
-        if keras.ops.is_tensor(activation) and len(activation.shape) == 3:
+        if rank == 3 and len(image_size) == 2:
             token_grid(activation.shape[1], image_size, *_token_options(options))  # or a clear error
-        elif not keras.ops.is_tensor(activation) or len(activation.shape) != 4:
+        elif rank != native:
             shape = getattr(activation, "shape", None)
             shape = type(activation).__name__ if shape is None else tuple(shape)
+            kind = {1: "a convolutional, recurrent or attention", 2: "a convolutional or transformer",
+                    3: "a convolutional"}.get(len(image_size), "a")
             raise ValueError(
-                f"Layer {path!r} returned {shape}; GradMix needs one 4-D "
-                f"(batch, height, width, channels) feature map or (batch, tokens, "
-                f"channels) transformer tokens. Choose a convolutional or "
-                f"transformer layer, or layer=None."
+                f"Layer {path!r} returned {shape}; GradMix needs "
+                f"{GRID_OUTPUTS.get(len(image_size), 'an output over the input grid')}. Choose "
+                f"{kind} layer, or layer=None."
             )
         activations.append(activation)
     return activations
@@ -174,7 +190,8 @@ class SmallMapError(ValueError):
 
 
 def _area(output) -> int:
-    return output.shape[1] * output.shape[2]
+    """The number of places of a ``(batch, *grid, channels)`` output's grid."""
+    return math.prod(output.shape[1:-1])
 
 
 def is_padding(layer) -> bool:
@@ -197,12 +214,11 @@ def spatial_candidates(tap: "LayerTap", image_size, options=None) -> list[str]:
         if len(outputs) != 1 or not keras.ops.is_tensor(outputs[0]) or is_padding(tap.layers[path]):
             return False
         output = outputs[0]
-        if len(output.shape) == 3:
+        if len(output.shape) == 3 and len(image_size) == 2:
             return fits_a_grid(output, image_size, *_token_options(options))
-        if len(output.shape) != 4:
+        if len(output.shape) != len(image_size) + 2 or None in output.shape[1:-1]:
             return False
-        height, width = output.shape[1:3]
-        return _area(output) > 1 and height <= image_size[0] and width <= image_size[1]
+        return _area(output) > 1 and all(g <= s for g, s in zip(output.shape[1:-1], image_size))
 
     return [path for path in tap.order if spatial(path)]
 
@@ -214,9 +230,12 @@ def pick_layer(tap: "LayerTap", image_size, model_name: str, options=None, flat=
     look knows them; a custom loop's first step does not). Logged at INFO."""
     maps = spatial_candidates(tap, image_size, options)
     if not maps:
+        wanted = ("a 4-D (batch, height, width, channels) output larger than 1x1 or a token "
+                  "output with a patch grid" if len(image_size) == 2 else
+                  f"{GRID_OUTPUTS.get(len(image_size), 'an output over the input grid')[4:]} "
+                  f"with more than one place")
         raise ValueError(
-            f"No layer of {model_name!r} has a 4-D (batch, height, width, channels) "
-            f"output larger than 1x1 or a token output with a patch grid; GradMix "
+            f"No layer of {model_name!r} has {wanted}; GradMix "
             f"attributes a spatial feature map. Pass layer= explicitly."
         )
     usable = [path for path in maps if path not in flat]
@@ -292,11 +311,12 @@ def checked_layer(model, layer):
         layer = list(layer)
     for path in [] if layer is None else layer if isinstance(layer, list) else [layer]:
         shape = graph_output_shape(resolve_layer(model, path))
-        if shape is not None and len(shape) not in (3, 4):
+        if shape is not None and len(shape) not in (3, 4, 5):
             raise ValueError(
                 f"Layer {path!r} has output shape {shape}; GradMix needs a 4-D "
                 f"(batch, height, width, channels) feature map or (batch, tokens, "
-                f"channels) transformer tokens. " + candidate_text(image_layer_paths(model),
-                                                                  "layers with a 4-D output")
+                f"channels) transformer tokens (for sequences a (batch, steps, channels) "
+                f"output, for volumes a 5-D one). " + candidate_text(image_layer_paths(model),
+                                                                  "layers with a map")
             )
     return layer

@@ -87,8 +87,9 @@ def tokens_to_map(tokens, prefix: int, grid: tuple[int, int]):
 
 
 def as_feature_map(tensor, image_size, prefix=None, grid=None):
-    """A 4-D feature map as it is; a token output as its patch-grid map."""
-    if not is_tokens(tensor):
+    """A 4-D feature map as it is; a token output of an image model as its
+    patch-grid map (a sequence's ``(B, T, C)`` output is its own map)."""
+    if not is_tokens(tensor) or len(image_size) != 2:
         return tensor
     p, hw = token_grid(tensor.shape[1], image_size, prefix, grid)
     return tokens_to_map(tensor, p, hw)

@@ -22,6 +22,7 @@ import keras
 from keras import ops
 
 from keras_gradmix import masks, mixing
+from keras_gradmix.attribution import grid_axes
 from keras_gradmix.config import POLICY_METHODS, GradMixConfig
 
 
@@ -131,7 +132,7 @@ def sample_transformation(
     Args:
         options: the :class:`GradMixConfig`.
         batch_size: ``B`` (an int or a scalar tensor).
-        image_size: ``(H, W)``.
+        image_size: ``(H, W)`` (the input's grid: ``(T,)``, ``(D, H, W)``).
         seed: a ``keras.random.SeedGenerator``, an int or None. An int gives
             each draw its own derived seed, so the draws are independent.
         epoch: the current epoch (a scalar tensor or int) for the schedule
@@ -156,9 +157,9 @@ def sample_transformation(
     if options.fill == "mix" or set(policy) - {"gradmix"}:
         partner = mixing.random_partner(batch_size, seed=next(seeds))
         partner = partner if index is None else ops.take(partner, index, axis=0)
+    grid = tuple(int(s) for s in image_size)
     if options.fill == "shuffle" and "gradmix" in policy:  # the permutations' order
-        noise = keras.random.uniform((count, int(image_size[0]), int(image_size[1]), 1),
-                                     seed=next(seeds))
+        noise = keras.random.uniform((count, *grid, 1), seed=next(seeds))
     if options.fill == "noise" and "gradmix" in policy:
         value_range = options.value_range or (0.0, 1.0)  # None: not resolved by a model
         noise = mixing.sample_noise(count, image_size, value_range, seed=next(seeds))
@@ -176,13 +177,12 @@ def sample_transformation(
             alpha = None
         lam = _sample_lam(options, policy, method, count, alpha, next(seeds))
         if "cutmix" in policy:
-            centre = (ops.cast(keras.random.uniform((count,), 0, image_size[0], seed=next(seeds)), "int32"),
-                      ops.cast(keras.random.uniform((count,), 0, image_size[1], seed=next(seeds)), "int32"))
+            centre = tuple(ops.cast(keras.random.uniform((count,), 0, size, seed=next(seeds)), "int32")
+                           for size in grid)
     placement = None
     wanted = options.placement != "peak" or options.auxiliary_positives
     if wanted and "gradmix" in policy:  # drawn last: "peak" draws as before
-        placement = keras.random.uniform((count, int(image_size[0]), int(image_size[1])),
-                                         seed=next(seeds))
+        placement = keras.random.uniform((count, *grid), seed=next(seeds))
     return Transformation(area=area, sampled=sampled, partner=partner, noise=noise, index=index,
                           method=method, lam=lam, centre=centre, placement=placement)
 
@@ -212,8 +212,8 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
         images = ops.cast(images, "float32")
     maps = ops.convert_to_tensor(maps)
     # A map with a non-finite value (an overflow) is not trusted: zeroed, not masked.
-    finite = ops.all(ops.isfinite(maps), axis=(1, 2))
-    maps = ops.where(finite[:, None, None], maps, 0.0)
+    finite = ops.all(ops.isfinite(maps), axis=grid_axes(maps, channels=False))
+    maps = ops.where(masks.per_item(finite, maps), maps, 0.0)
 
     def chosen(x):
         return x if t.index is None else ops.take(x, t.index, axis=0)
@@ -236,10 +236,11 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
 def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
     where = masks.placement_scores(maps, options.placement, t.placement)
     mask, masked = masks.place_masks(options.mask, where, t.area, options.border)
-    peaked = (ops.max(maps, axis=(1, 2)) > ops.min(maps, axis=(1, 2))) & finite
+    axes = grid_axes(maps, channels=False)
+    peaked = (ops.max(maps, axis=axes) > ops.min(maps, axis=axes)) & finite
     sampled = ops.convert_to_tensor(t.sampled)
     applied = sampled & peaked
-    mask = mask & applied[:, None, None]
+    mask = mask & masks.per_item(applied, mask)
     masked = ops.where(applied, masked, 0.0)
     if options.fill == "mix":
         filled = ops.where(mask[..., None], partner[0], images)
@@ -262,7 +263,7 @@ def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
     if options.auxiliary_positives:  # OpenMix+: the same mask on the least-attended place, label kept
         low = masks.placement_scores(maps, "low", t.placement)
         aux_mask, aux_area = masks.place_masks(options.mask, low, t.area, options.border)
-        aux_mask = aux_mask & applied[:, None, None]
+        aux_mask = aux_mask & masks.per_item(applied, aux_mask)
         filled = ops.concatenate([filled, mixing.apply_fill(images, aux_mask, options.fill, noise=t.noise)])
         auxiliary = ops.where(applied, 1.0 - aux_area, 0.0)
     return _batch(filled, maps, mask, own, pasted, t, applied, sampled & ~peaked, masked, auxiliary)
@@ -273,8 +274,8 @@ def _cutmix(images, maps, partner_images, t) -> MaskedBatch:
     CutMix defines it), from the partner; labels weighted by the real kept and
     pasted areas."""
     sampled = ops.convert_to_tensor(t.sampled)
-    mask, pasted = masks.boxes_at(*t.centre, 1.0 - t.lam, images.shape[1:3], border="clip")
-    mask = mask & sampled[:, None, None]
+    mask, pasted = masks.boxes_at(t.centre, 1.0 - t.lam, images.shape[1:-1], border="clip")
+    mask = mask & masks.per_item(sampled, mask)
     pasted = ops.where(sampled, pasted, 0.0)
     filled = ops.where(mask[..., None], partner_images, images)
     return _batch(filled, maps, mask, 1.0 - pasted, pasted, t, sampled,
@@ -285,7 +286,7 @@ def _mixup(images, maps, partner_images, t) -> MaskedBatch:
     """``lam x + (1 - lam) x_partner``; labels weighted ``lam`` and ``1 - lam``."""
     sampled = ops.convert_to_tensor(t.sampled)
     lam = ops.where(sampled, ops.cast(t.lam, "float32"), 1.0)
-    weight = ops.cast(lam[:, None, None, None], images.dtype)
+    weight = ops.cast(masks.per_item(lam, images), images.dtype)
     blended = weight * images + (1.0 - weight) * partner_images
     mask = ops.zeros(ops.shape(maps), "bool")
     return _batch(blended, maps, mask, lam, 1.0 - lam, t, sampled, ops.zeros_like(sampled), 1.0 - lam)

@@ -283,10 +283,19 @@ CASES = [
     # ----------------------------------------------------------- first step
     Case("labels-shape", "labels that fit neither sparse nor one-hot", "first batch", "fit neither sparse",
          lambda b: fit(compiled(layer="conv2"), b[0], np.zeros((8, 3), "float32"))),
-    Case("images-rank", "images that are not (batch, height, width, channels)", "first batch",
-         r"images of shape \(batch, height, width, channels\)",
+    Case("images-rank", "inputs that are not images (batch, height, width, channels), sequences "
+         "(batch, steps, channels) or volumes (batch, depth, height, width, channels)", "first batch",
+         r"images of shape \(batch, height, width, channels\).*or sequences \(batch, steps, channels\)",
          lambda b: fit(compiled(keras.Sequential([keras.Input((16,)), keras.layers.Dense(4)])),
                        np.zeros((4, 16), "float32"), np.zeros(4, "int32"))),
+    Case("sequence-layer", "a sequence model's layer whose output does not run over the steps",
+         "first batch", r"Layer 'c' returned \(8, 12, 2, 2\); GradMix needs one \(batch, steps, "
+                        r"channels\) sequence output",
+         lambda b: fit(compiled(keras.Sequential([
+             keras.Input((12, 2)), keras.layers.Reshape((12, 2, 1)), keras.layers.Conv2D(2, 1, name="c"),
+             keras.layers.Reshape((12, 4)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)]),
+             layer="c"), np.zeros((8, 12, 2), "float32") + np.arange(12, dtype="float32")[:, None] / 12,
+             np.zeros(8, "int32"))),
     Case("layer-shape-subclassed", "a subclassed model's layer whose output is not a map", "first batch",
          r"'gap' returned \(8, 8\).*4-D", lambda b: fit(compiled(subclassed_cnn(), layer="gap"), *b)),
     Case("outputs-subclassed", "a subclassed model with several outputs and no output=", "first batch",
@@ -356,6 +365,9 @@ CASES = [
     Case("maps-labels", "attribution_maps with labels that are not classes of the model", "call",
          r"labels must be class indices in \[0, 10\).*\[12\].*no class",
          lambda b: keras_gradmix.attribution_maps(sequential_cnn(), b[0], _spoiled(b[1], 12), "conv2")),
+    Case("maps-option", "attribution_maps with an option that is not an attribution setting", "call",
+         r"attribution_maps got unknown option\(s\) \['mask_area'\]",
+         lambda b: keras_gradmix.attribution_maps(sequential_cnn(), b[0], b[1], "conv2", mask_area=(0.1, 0.2))),
     Case("ece-percentages", "ece() of percentages", "call",
          r"confidences must be probabilities in \[0, 1\].*percentages",
          lambda b: osr.ece(np.linspace(50, 100, 8), np.ones(8, bool))),

@@ -72,7 +72,7 @@ def test_an_unknown_name_lists_ten_candidates_near_the_output():
     message = str(err.value)
     assert len(message) < 1200, len(message)  # was 6.5 kB: 154 paths
     assert "Did you mean ['block_13_expand_relu'" in message
-    shown = message.split("output: ")[1].split("]")[0]
+    shown = message.split("layers with a map: ")[1].split("]")[0]
     assert shown.count("'") == 20 and "out_relu" in shown and "iter_layers(model)" in message
 
 

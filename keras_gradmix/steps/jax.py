@@ -66,7 +66,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=N
         on_output = None if perturb is None else (lambda out: out + next(perturb))
         with gm.tap(on_output=on_output, paths=paths) as tap:
             y_pred, losses, updated = _forward(gm, state, x, training)
-        activations = gm.tapped_activations(tap, x.shape[1:3], paths)
+        activations = gm.tapped_activations(tap, x.shape[1:-1], paths)
         return (y_pred, activations), (updated, losses)
 
     # The shapes of the perturbations, from an abstract evaluation (no compute).
@@ -110,7 +110,7 @@ def attribute(attributor, x, y, paths=None, score=None):
         on_output = None if perturb is None else (lambda out: out + next(perturb))
         with attributor.tap(on_output=on_output, paths=paths) as tap:
             y_pred = attributor.forward(x)
-        return y_pred, attributor.tapped_activations(tap, x.shape[1:3], paths)
+        return y_pred, attributor.tapped_activations(tap, x.shape[1:-1], paths)
 
     def value(eps):
         y_pred, activations = tapped_forward(eps)

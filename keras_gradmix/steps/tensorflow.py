@@ -23,7 +23,7 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss, p
     """
     with gm.tap(on_output=tape.watch, paths=paths) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap, x.shape[1:3], paths)
+    activations = gm.tapped_activations(tap, x.shape[1:-1], paths)
     clean_loss = None
     if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
@@ -44,7 +44,7 @@ def attribute(attributor, x, y, paths=None, score=None):
     with tf.GradientTape() as tape:
         with attributor.tap(on_output=tape.watch, paths=paths) as tap:
             y_pred = attributor.forward(x)
-        activations = attributor.tapped_activations(tap, x.shape[1:3], paths)
+        activations = attributor.tapped_activations(tap, x.shape[1:-1], paths)
         value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
     gradients = tape.gradient(value, activations)
     attributor.check_reaches_output([g is not None for g in gradients], paths)

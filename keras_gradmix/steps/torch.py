@@ -31,7 +31,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=N
     """
     with gm.tap(on_output=_require_grad, paths=paths) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap, x.shape[1:3], paths)
+    activations = gm.tapped_activations(tap, x.shape[1:-1], paths)
     clean_loss = None
     if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
@@ -50,7 +50,7 @@ def attribute(attributor, x, y, paths=None, score=None):
     attributor.ready(x)
     with attributor.tap(on_output=_require_grad, paths=paths) as tap:
         y_pred = attributor.forward(x)
-    activations = attributor.tapped_activations(tap, x.shape[1:3], paths)
+    activations = attributor.tapped_activations(tap, x.shape[1:-1], paths)
     value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
     gradients = torch.autograd.grad(value, activations, allow_unused=True)
     attributor.check_reaches_output([g is not None for g in gradients], paths)
