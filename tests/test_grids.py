@@ -234,3 +234,14 @@ def test_a_layer_that_does_not_run_over_the_grid_is_named():
     with pytest.raises(ValueError, match=r"Layer 'c' returned \(2, 24, 2, 2\); GradMix needs one "
                                          r"\(batch, steps, channels\) sequence output"):
         Attributor(model, "c")(x[:2], y[:2])
+
+
+def test_the_first_batch_look_checks_series_as_it_checks_images():
+    x = np.random.default_rng(0).standard_normal((8, 24, 2)).astype("float32")  # standardised
+    gm = GradMixModel(conv1d(), "c2")
+    gm.compile("adam", sparse_ce())
+    with pytest.raises(ValueError, match=r"span \[-\d\.\d+, \d\.\d+\] but value_range is \(0, 1\).*"
+                                         r"pass value_range=\(-\d\.\d+, \d\.\d+\)"):
+        gm.fit(x, np.zeros(8, "int32"), verbose=0)
+    for trained, initial in zip(gm.model.weights, conv1d().weights):  # nothing trained
+        np.testing.assert_array_equal(to_numpy(trained), to_numpy(initial))
