@@ -159,7 +159,9 @@ def summarise(runs, names, datasets) -> tuple[str, dict]:
         own = [r for r in rows if scope == "all" or r["dataset"] == scope]
         if not own:
             continue
-        table = []
+        table, compared = [], list(METRICS.items())[:3]
+        diffs = {key: {x["cell"]: x for x in paired_differences(own, key, "plain", by="cell", pair=("pair",))}
+                 for _, key in compared}  # once per metric, not per cell
         for cell in names:
             mine = [r for r in own if r["cell"] == cell]
             if not mine:
@@ -167,9 +169,8 @@ def summarise(runs, names, datasets) -> tuple[str, dict]:
             row = {"cell": cell, "runs": len(mine)}
             for label, key in METRICS.items():
                 row[label] = f"{np.mean([r[key] for r in mine]):.2f}"
-            for label, key in list(METRICS.items())[:3]:
-                d = {x["cell"]: x for x in paired_differences(own, key, "plain", by="cell", pair=("pair",))}
-                row[f"Δ{label} vs plain"] = "–" if cell == "plain" else paired_text(d.get(cell))
+            for label, key in compared:
+                row[f"Δ{label} vs plain"] = "–" if cell == "plain" else paired_text(diffs[key].get(cell))
             table.append(row)
         contrasts = []
         for cell, base, label in (("gradmix", "gradmix-random", "peak − random (positives)"),
