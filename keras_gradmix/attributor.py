@@ -31,7 +31,7 @@ from keras_gradmix.config import (
     check_target,
 )
 from keras_gradmix.attribution import METHODS, NORMALIZATIONS, maps_from_gradients, target_scores
-from keras_gradmix.inputs import check_image_batch, image_converter
+from keras_gradmix.inputs import check_image_batch, image_converter, input_grid
 from keras_gradmix.objectives import attributed_output, labels_as_onehot
 from keras_gradmix.steps import backend_step
 from keras_gradmix.tap import (
@@ -50,7 +50,9 @@ class Attributor:
     resolution.
 
     Args:
-        model: a Keras classifier with one image input ``(B, H, W, C)``.
+        model: a Keras classifier with one input over a grid: images
+            ``(B, H, W, C)``, sequences ``(B, T, C)``, volumes ``(B, D, H, W,
+            C)`` or token ids ``(B, T)`` (a dict with ``"token_ids"`` too).
         layer: a layer name or "/"-separated path, a list of them (the maps
             are normalised, upsampled and summed), or None: the last genuine
             spatial map, resolved at the first forward.
@@ -106,7 +108,8 @@ class Attributor:
         (Keras builds by tracing ``call``, which would count as calls)."""
         check_image_batch(x)
         if not self.model.built:
-            self.model(keras.KerasTensor((None, *x.shape[1:]), dtype=x.dtype))
+            self.model(keras.tree.map_structure(
+                lambda a: keras.KerasTensor((None, *a.shape[1:]), dtype=a.dtype), x))
 
     def forward(self, x, training: bool = False):
         """The model's outputs, after a KerasHub task's image converter (as
@@ -177,8 +180,9 @@ class Attributor:
         return backend_step().attribute(self, x, y, paths, score)
 
     def __call__(self, x, y=None):
-        """The maps of ``x`` (inference mode): ``(B, H, W)`` in [0, 1]; ``y``
+        """The maps of ``x`` (inference mode): ``(B, H, W)`` in [0, 1] (over
+        the input's grid: ``(B, T)`` for sequences and token ids); ``y``
         (class indices or one-hot) unless ``target="prediction"``."""
-        x = ops.convert_to_tensor(x)
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
         activations, gradients = self.attribute(x, y)
-        return self.maps(activations, gradients, x.shape[1:-1])
+        return self.maps(activations, gradients, input_grid(x))

@@ -95,6 +95,13 @@ def check_grid(value):
     return h, w
 
 
+def _ids(value) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ValueError(f"unselectable_token_ids must be a list of token ids >= 0, got {value!r}.")
+    return tuple(int(v) for v in value)
+
+
 def _normalization(value):
     if value is None:
         return None
@@ -247,6 +254,9 @@ class GradMixConfig:
             ``(B, N, C)``, the leading non-patch tokens (class, distillation,
             register tokens) and the ``(h, w)`` patch grid; None infers them
             from ``N`` and the image's aspect ratio.
+        unselectable_token_ids: token ids never masked (``(0,)``: the padding of
+            ``TextVectorization``, as KerasHub's ``MaskedLMMaskGenerator``); add
+            a [CLS]-pooled model's special tokens. Token ids take an id as ``fill``.
         masked_as: ``"positive"`` (the paper): the masked images keep their
             labels (weighted as ``label_mode`` says); ``"outlier"``: they are
             negatives, trained toward the uniform distribution over the known
@@ -322,6 +332,7 @@ class GradMixConfig:
     output: int | str | None = None
     prefix_tokens: int | None = None
     token_grid: tuple[int, int] | None = None
+    unselectable_token_ids: tuple[int, ...] = (0,)
 
     def __post_init__(self):
         checked = dict(
@@ -350,6 +361,7 @@ class GradMixConfig:
             output=check_output(self.output),
             prefix_tokens=check_optional_count("prefix_tokens", self.prefix_tokens),
             token_grid=check_grid(self.token_grid),
+            unselectable_token_ids=_ids(self.unselectable_token_ids),
             masked_as=check_choice("masked_as", self.masked_as, MASKED_AS),
             outlier_weight=_positive("outlier_weight", self.outlier_weight),
             auxiliary_positives=_flag("auxiliary_positives", self.auxiliary_positives),
@@ -387,7 +399,7 @@ class GradMixConfig:
         config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if config["policy"] is not None:
             config["policy"] = dict(config["policy"])
-        for name in ("mask_area", "value_range", "token_grid"):
+        for name in ("mask_area", "value_range", "token_grid", "unselectable_token_ids"):
             if config[name] is not None:
                 config[name] = list(config[name])
         if config["normalization"] is not None:

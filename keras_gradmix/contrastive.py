@@ -119,11 +119,12 @@ def two_view_features(y_pred):
 
 def flatten_two_views(x):
     """``(B, 2, H, W, C)`` views -> ``(2B, H, W, C)``, view 1 first."""
-    x = ops.convert_to_tensor(x)
-    if len(x.shape) != 5 or x.shape[1] != 2:
+    x = x if isinstance(x, dict) else ops.convert_to_tensor(x)
+    if isinstance(x, dict) or len(x.shape) != 5 or x.shape[1] != 2:
+        got = f"a dict of {sorted(x)}" if isinstance(x, dict) else f"shape {tuple(x.shape)}"
         raise ValueError(
             f"Contrastive training takes two views per image, shape (batch, 2, "
-            f"height, width, channels); got shape {tuple(x.shape)}. Build them "
+            f"height, width, channels); got {got}. Build them "
             f"with keras_gradmix.data.two_views."
         )
     return ops.concatenate([x[:, 0], x[:, 1]], axis=0)
@@ -209,7 +210,7 @@ class Contrastive(Objective):
 
     def model_inputs(self, x):
         # (B, 2, H, W, C) views -> both views, view-major (2B, H, W, C).
-        return flatten_two_views(x) if len(x.shape) == 5 else x
+        return flatten_two_views(x) if not isinstance(x, dict) and len(x.shape) == 5 else x
 
     def check_compiled(self, trainer):
         if getattr(trainer, "optimizer", None) is None:

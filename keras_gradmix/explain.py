@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_gradmix.attributor import Attributor
+from keras_gradmix.token_ids import is_token_input, token_ids
 
 SETTINGS = ("normalize", "output", "prefix_tokens", "token_grid")
 
@@ -43,9 +44,10 @@ def attribution_maps(
 
     Args:
         model: a Keras classifier with one image input ``(B, H, W, C)`` (or
-            a sequence ``(B, T, C)``, a volume ``(B, D, H, W, C)``) and one
-            output of class scores, built or not.
-        images: ``(N, H, W, C)`` array or tensor (``(N, T, C)``, ``(N, D, H, W, C)``).
+            a sequence ``(B, T, C)``, a volume ``(B, D, H, W, C)``, token ids
+            ``(B, T)``) and one output of class scores, built or not.
+        images: ``(N, H, W, C)`` array or tensor (``(N, T, C)``, ``(N, D, H,
+            W, C)``, integer ``(N, T)`` or a dict with ``"token_ids"``).
         labels: class indices ``(N,)`` or one-hot ``(N, K)``: the map of each
             image's true class. None: the map of the predicted class.
         layer: the attributed layer's name or path (a list for the summed
@@ -58,7 +60,8 @@ def attribution_maps(
             ``target=`` (``"label"`` or ``"prediction"``).
 
     Returns:
-        ``(N, H, W)`` float32 NumPy array (``(N, T)``, ``(N, D, H, W)``).
+        ``(N, H, W)`` float32 NumPy array (``(N, T)``, ``(N, D, H, W)``);
+        for token ids the map covers padding too (it is never masked).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -72,22 +75,29 @@ def attribution_maps(
         raise ValueError(f"attribution_maps got unknown option(s) {unknown}; the maps take "
                          f"{list(SETTINGS)} besides layer=, attribution= and target=.")
     attributor = Attributor(model, layer, attribution, target=target, **options)
-    images = keras.ops.convert_to_numpy(images)
-    if images.ndim not in (3, 4, 5) or len(images) == 0:
+    images = keras.tree.map_structure(keras.ops.convert_to_numpy, images)
+    tokens = is_token_input(images)
+    count = len(token_ids(images)) if tokens else len(images)
+    if (not tokens and images.ndim not in (3, 4, 5)) or count == 0:
         raise ValueError(
             f"attribution_maps needs a non-empty batch of images (batch, height, width, "
             f"channels), channels last (or sequences (batch, steps, channels), volumes "
-            f"(batch, depth, height, width, channels)); got shape {images.shape}.")
+            f"(batch, depth, height, width, channels), token ids (batch, tokens)); got shape "
+            f"{np.shape(token_ids(images) if tokens else images)}.")
+
+    def rows(start, stop):
+        return keras.tree.map_structure(lambda a: a[start:stop], images)
+
     # "prediction" ignores the labels: zeros stand in for absent ones.
-    labels = np.zeros(len(images), "int32") if labels is None else keras.ops.convert_to_numpy(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"Got {len(images)} images but {len(labels)} labels.")
+    labels = np.zeros(count, "int32") if labels is None else keras.ops.convert_to_numpy(labels)
+    if len(labels) != count:
+        raise ValueError(f"Got {count} images but {len(labels)} labels.")
     if target == "label":
-        _check_labels(np.asarray(labels), model(images[:1], training=False))
+        _check_labels(np.asarray(labels), model(rows(0, 1), training=False))
     maps = []
-    for start in range(0, len(images), batch_size):
+    for start in range(0, count, batch_size):
         maps.append(keras.ops.convert_to_numpy(
-            attributor(images[start:start + batch_size], labels[start:start + batch_size])))
+            attributor(rows(start, start + batch_size), labels[start:start + batch_size])))
     return np.concatenate(maps)
 
 

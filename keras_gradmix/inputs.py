@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
+
+from keras_gradmix.token_ids import is_token_input, token_ids
 
 
 def image_converter(model):
@@ -39,20 +42,41 @@ def default_value_range(model) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def input_grid(x) -> tuple:
+    """The grid GradMix masks: ``(H, W)`` of images, ``(T,)`` of sequences
+    and of token ids, ``(D, H, W)`` of volumes."""
+    return tuple(token_ids(x).shape[1:]) if is_token_input(x) else tuple(x.shape[1:-1])
+
+
+def batch_size(x):
+    """The batch size of an input (a tensor, or a dict of token inputs)."""
+    return ops.shape(token_ids(x) if is_token_input(x) else x)[0]
+
+
 def check_image_batch(x) -> None:
     """One input over a grid, channels last, the grid's size known: images
     ``(batch, height, width, channels)``, sequences ``(batch, steps,
-    channels)`` or volumes ``(batch, depth, height, width, channels)``."""
+    channels)`` or volumes ``(batch, depth, height, width, channels)``; or
+    token ids ``(batch, tokens)`` (:mod:`keras_gradmix.token_ids`)."""
+    if is_token_input(x):
+        ids = token_ids(x)
+        if len(ids.shape) != 2 or ids.shape[1] is None:
+            raise ValueError(
+                f"GradMix takes token ids of shape (batch, tokens), the length known when the "
+                f"step is traced (pad to one length); got shape {tuple(ids.shape)}.")
+        return
     if isinstance(x, (list, tuple, dict)):
         raise ValueError(
             "GradMixModel needs a single image input (batch, height, width, "
-            f"channels); got {type(x).__name__}."
+            f"channels), or token ids (a dict of them needs a 'token_ids' entry); got "
+            f"{type(x).__name__}{f' of {sorted(x)}' if isinstance(x, dict) else ''}."
         )
     if len(x.shape) not in (3, 4, 5):
         raise ValueError(
             f"GradMixModel needs images of shape (batch, height, width, "
             f"channels), channels last (or sequences (batch, steps, channels), volumes "
-            f"(batch, depth, height, width, channels)); got shape {tuple(x.shape)}."
+            f"(batch, depth, height, width, channels)); got shape {tuple(x.shape)}"
+            f"{'; token ids (batch, tokens) must be integers' if len(x.shape) == 2 else ''}."
         )
     if any(s is None for s in x.shape[1:-1]):
         raise ValueError(

@@ -25,8 +25,10 @@ from keras import ops
 
 from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
+from keras_gradmix.inputs import check_image_batch, input_grid
 from keras_gradmix.objectives import Classification, attributed_output
 from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, pick_layer, spatial_candidates
+from keras_gradmix.token_ids import is_token_input, token_ids
 
 logger = logging.getLogger("keras_gradmix")
 
@@ -38,12 +40,12 @@ def inspect_batch(gm, x, y, sample_weight=None):
             f"GradMix: the data has no images (a first batch of shape {tuple(x.shape)}); "
             f"training needs at least one. Check that the arrays or the dataset are not empty "
             f"(e.g. a filter that kept nothing).")
-    x = gm.objective.prepare_inputs(ops.convert_to_tensor(x) if not _is_text(x) else x)
+    x = gm.objective.prepare_inputs(x if _is_text(x) else keras.tree.map_structure(ops.convert_to_tensor, x))
     if gm.options.check_inputs:
         check_inputs(gm, x, y, sample_weight)
     if gm.layer is None:
         _, tap, flat = flat_layers(gm, x, y)
-        gm.layer = pick_layer(tap, x.shape[1:-1], gm.model.name, gm.options, flat)
+        gm.layer = pick_layer(tap, input_grid(x), gm.model.name, gm.options, flat)
     elif not getattr(gm, "_flat_warned", False) and all_flat(maps := checked_layer_maps(gm, x, y)):
         warnings.warn(f"GradMix: every attribution map of layer={gm.layer!r} is flat on the "
                       f"first batch, so nothing will be masked. {flat_cause(gm, x, y, maps)}",
@@ -57,7 +59,7 @@ def checked_layer_maps(gm, x, y) -> list:
     try:
         return layer_maps(gm, x, y, gm.layer_paths)
     except SmallMapError as error:
-        grid = x.shape[1:-1]
+        grid = input_grid(x)
         one = "x".join("1" * len(grid))
         candidates, tap = spatial_layers(gm, x)
         better = (f"The last layer whose maps are larger is {candidates[-1]!r} "
@@ -73,7 +75,7 @@ def shape_choice(gm, x) -> str:
     """What ``layer=None`` resolves to without looking at maps (a custom loop's
     first step): the last spatial map of ``x``'s forward, not stored."""
     _, tap = spatial_layers(gm, x)
-    return pick_layer(tap, x.shape[1:-1], gm.model.name, gm.options)
+    return pick_layer(tap, input_grid(x), gm.model.name, gm.options)
 
 
 def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
@@ -82,13 +84,13 @@ def spatial_layers(gm, x) -> tuple[list[str], LayerTap]:
     gm.check_step_ready(x, training=False)
     with LayerTap(candidate_layers(gm.model)) as tap:
         gm(x, training=False)
-    return spatial_candidates(tap, x.shape[1:-1], gm.options), tap
+    return spatial_candidates(tap, input_grid(x), gm.options), tap
 
 
 def layer_maps(gm, x, y, paths) -> list:
     """Each layer's own attribution maps of the batch ``x``, inference mode."""
     activations, gradients = gm.attribute(x, y, list(paths))
-    size = x.shape[1:-1]
+    size = input_grid(x)
     method = METHODS[gm.options.attribution]
     return [method(*gm.feature_maps([a, g], size)) for a, g in zip(activations, gradients)]
 
@@ -104,9 +106,10 @@ def flat_layers(gm, x, y) -> tuple[list[str], LayerTap, set]:
 def flat_cause(gm, x, y, maps) -> str:
     """Why every map is flat, and what to do: blank images, an overflow, or a
     layer the score's gradient does not reach."""
-    pixels = np.asarray(ops.convert_to_numpy(x), np.float64).reshape(len(x), -1)
+    pixels = np.asarray(ops.convert_to_numpy(token_ids(x) if is_token_input(x) else x), np.float64)
+    pixels = pixels.reshape(len(pixels), -1)
     if (pixels.max(axis=1) == pixels.min(axis=1)).all():
-        return ("Every image of the batch is constant (e.g. all zeros): there is nothing to "
+        return ("Every input of the batch is constant (e.g. all zeros): there is nothing to "
                 "attribute. Check the data pipeline (decoding, scaling, a mask applied twice).")
     if not all(np.isfinite(ops.convert_to_numpy(m)).all() for m in maps):
         return ("The maps are not finite: the attribution overflowed (e.g. float16 with a large "
@@ -193,6 +196,8 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
 
 # ------------------------------------------------------------------ inputs
 def _is_text(value) -> bool:
+    if isinstance(value, dict):
+        return any(_is_text(v) for v in value.values())
     array = np.asarray(value) if not keras.ops.is_tensor(value) else None
     if array is None:
         dtype = str(getattr(value, "dtype", ""))
@@ -207,8 +212,29 @@ def _numpy(value):
 def check_inputs(gm, x, y, sample_weight=None):
     """Raises a ValueError naming the problem and the fix for a bad batch."""
     if _is_text(x):
-        raise ValueError("GradMix: the images are strings; decode them to numbers first "
-                         "(e.g. keras.utils.load_img or tf.io.decode_image).")
+        raise ValueError("GradMix: the inputs are strings; decode images to numbers first "
+                         "(e.g. keras.utils.load_img or tf.io.decode_image), tokenize text "
+                         "(e.g. a KerasHub task's preprocessor) to token ids.")
+    check_image_batch(x)  # the input's kind first: its checks depend on it
+    if is_token_input(x):
+        ids = _numpy(token_ids(x))
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"GradMix: the first batch has negative token ids (down to "
+                             f"{ids.min()}); ids index a vocabulary from 0.")
+    else:
+        _check_pixels(gm, x)
+    if sample_weight is not None:
+        weights = _numpy(sample_weight).astype(np.float64)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("GradMix: sample weights must be finite and >= 0; the first "
+                             f"batch has values in [{np.nanmin(weights):.4g}, "
+                             f"{np.nanmax(weights):.4g}] (NaN: {np.isnan(weights).any()}).")
+    if isinstance(gm.objective, Classification) and y is not None:
+        check_labels(gm, x, y)
+
+
+def _check_pixels(gm, x):
+    """Pixels finite and inside ``value_range``."""
     pixels = _numpy(x).astype(np.float64)
     bad = int((~np.isfinite(pixels)).sum())
     if bad:
@@ -227,14 +253,6 @@ def check_inputs(gm, x, y, sample_weight=None):
             f"GradMix: the first batch's pixels span {seen} but value_range is "
             f"({low:g}, {high:g}): the noise is drawn in value_range, so it would not "
             f"look like your pixels. Fix: {_range_hint(gm.options, raw, low, high)}.")
-    if sample_weight is not None:
-        weights = _numpy(sample_weight).astype(np.float64)
-        if not np.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError("GradMix: sample weights must be finite and >= 0; the first "
-                             f"batch has values in [{np.nanmin(weights):.4g}, "
-                             f"{np.nanmax(weights):.4g}] (NaN: {np.isnan(weights).any()}).")
-    if isinstance(gm.objective, Classification) and y is not None:
-        check_labels(gm, x, y)
 
 
 def _range_hint(options, raw, low, high) -> str:
@@ -274,7 +292,7 @@ def check_labels(gm, x, y, batch: str = "the first batch"):
             "e.g. with keras.layers.StringLookup(num_oov_indices=0) or a dict.")
     probe = getattr(gm, "_label_probe", None)  # one image's outputs: their structure and widths
     if probe is None:
-        probe = gm._label_probe = gm(x[:1], training=False)
+        probe = gm._label_probe = gm(_head(x, 1), training=False)
     labels, pred = attributed_output(gm.model, gm.options.output, y, probe)
     classes = pred.shape[-1]
     labels = _numpy(labels)

@@ -11,7 +11,8 @@ the batch)::
 
 Maps over any grid work the same: a sequence's ``(B, T)`` maps give intervals
 (a contiguous span), a volume's ``(B, D, H, W)`` maps give boxes in three
-dimensions; ``area`` is always the share of the whole grid.
+dimensions; ``area`` is the share of the whole grid, or, given the ``valid``
+places of token ids, of each sequence's real tokens (padding is never masked).
 
 A box near the border is shifted inside the image (``border="shift"``), so
 every placement masks the same area; ``border="clip"`` clips it, as the
@@ -203,7 +204,39 @@ def boxes_at(centres, area, image_size, border: str = "shift"):
     return mask, masked
 
 
-def threshold_masks(maps, area):
+def spans_within(scores, area, valid, border: str = "shift"):
+    """Spans over each sequence's valid places only (its tokens, not its
+    padding): ``round(area * n)`` of its ``n`` valid places, consecutive
+    among them, centred on the highest score there and shifted inside them
+    (``border="clip"``: cut at their ends).
+
+    Args:
+        scores: ``(B, T)`` placement scores (:func:`placement_scores`).
+        area: the share of each sequence's valid places, a scalar or ``(B,)``.
+        valid: ``(B, T)`` bool, the places that may be masked.
+
+    Returns:
+        ``mask``: ``(B, T)`` bool, never True where ``valid`` is False;
+        ``masked``: ``(B,)`` float32, the share of the valid places masked.
+    """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}.")
+    valid = ops.cast(valid, "bool")
+    count = ops.sum(ops.cast(valid, "int32"), axis=-1)
+    rank = ops.cumsum(ops.cast(valid, "int32"), axis=-1) - 1  # place among the valid ones
+    scores = ops.where(valid, ops.cast(scores, "float32"), -float("inf"))
+    centre = ops.take_along_axis(rank, ops.argmax(scores, axis=-1)[:, None], axis=1)[:, 0]
+    area = ops.broadcast_to(ops.cast(area, "float32"), ops.shape(count))
+    length = ops.minimum(ops.cast(ops.floor(area * ops.cast(count, "float32") + 0.5), "int32"), count)
+    start = centre - length // 2
+    if border == "shift":
+        start = ops.minimum(ops.maximum(start, 0), count - length)
+    mask = valid & (rank >= start[:, None]) & (rank < (start + length)[:, None])
+    kept = ops.clip(start + length, 0, count) - ops.clip(start, 0, count)
+    return mask, ops.cast(kept, "float32") / ops.cast(ops.maximum(count, 1), "float32")
+
+
+def threshold_masks(maps, area, valid=None):
     """Masks the ``round(area * H * W)`` highest-attribution pixels of each map
     (of any grid: steps of a sequence, voxels of a volume).
 
@@ -213,6 +246,8 @@ def threshold_masks(maps, area):
     Args:
         maps: ``(B, H, W)`` attribution maps at image resolution.
         area: masked-area fraction, a scalar or ``(B,)``.
+        valid: ``(B, H, W)`` bool, the places that may be masked (token ids:
+            not the padding), or None for all; ``area`` is then their share.
 
     Returns:
         ``mask``: ``(B, H, W)`` bool; ``masked``: ``(B,)`` float32 real fraction.
@@ -221,7 +256,12 @@ def threshold_masks(maps, area):
     batch = ops.shape(maps)[0]
     flat = ops.reshape(ops.cast(maps, "float32"), (batch, pixels))
     area = ops.broadcast_to(ops.cast(area, "float32"), (batch,))
-    count = ops.clip(ops.cast(ops.floor(area * pixels + 0.5), "int32"), 0, pixels)
+    places = pixels
+    if valid is not None:
+        valid = ops.reshape(ops.cast(valid, "bool"), (batch, pixels))
+        flat = ops.where(valid, flat, -float("inf"))
+        places = ops.sum(ops.cast(valid, "int32"), axis=-1)
+    count = ops.clip(ops.cast(ops.floor(area * ops.cast(places, "float32") + 0.5), "int32"), 0, places)
     descending = ops.flip(ops.sort(flat, axis=-1), axis=-1)
     threshold = ops.take_along_axis(descending, ops.maximum(count - 1, 0)[:, None], axis=1)
     above = flat > threshold
@@ -229,23 +269,28 @@ def threshold_masks(maps, area):
     room = count - ops.sum(ops.cast(above, "int32"), axis=-1)  # tied pixels still to take
     tie_rank = ops.cumsum(ops.cast(tied, "int32"), axis=-1)
     mask = above | (tied & (tie_rank <= room[:, None]))
-    masked = ops.cast(count, "float32") / float(pixels)
+    masked = ops.cast(count, "float32") / ops.cast(ops.maximum(places, 1), "float32")
     return ops.reshape(mask, ops.shape(maps)), masked
 
 
 MASKS = {"box": box_masks, "threshold": threshold_masks}
 
 
-def place_masks(kind: str, scores, area, border: str = "shift"):
+def place_masks(kind: str, scores, area, border: str = "shift", valid=None):
     """``MASKS[kind]`` on ``scores`` (see :func:`placement_scores`); ``border``
-    applies to boxes (a threshold mask always takes its whole pixel count)."""
+    applies to boxes (a threshold mask always takes its whole pixel count).
+    ``valid``: ``(B, T)`` token places that may be masked (:func:`spans_within`)."""
+    if valid is not None:
+        if kind == "box":
+            return spans_within(scores, area, valid, border)
+        return threshold_masks(scores, area, valid)
     if kind == "box":
         return box_masks(scores, area, border)
     return MASKS[kind](scores, area)
 PLACEMENTS = ("peak", "random", "low")
 
 
-def placement_scores(maps, placement: str = "peak", draw=None):
+def placement_scores(maps, placement: str = "peak", draw=None, valid=None):
     """The scores a mask is placed on: :func:`box_masks` centres the box on
     their maximum, :func:`threshold_masks` takes their highest pixels.
 
@@ -261,6 +306,8 @@ def placement_scores(maps, placement: str = "peak", draw=None):
         maps: ``(B, H, W)`` attribution maps (or any grid).
         placement: one of ``PLACEMENTS``.
         draw: uniform ``[0, 1)`` values shaped like ``maps`` (``"random"``, ``"low"``).
+        valid: bool like ``maps``, the places that may be masked (token ids),
+            whose minima ``"low"`` takes; None: all.
     """
     if placement == "peak":
         return maps
@@ -273,7 +320,8 @@ def placement_scores(maps, placement: str = "peak", draw=None):
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
     maps = ops.cast(maps, "float32")
     axes = tuple(range(1, len(maps.shape)))
-    lowest = maps <= ops.min(maps, axis=axes, keepdims=True)
+    among = maps if valid is None else ops.where(valid, maps, float("inf"))
+    lowest = maps <= ops.min(among, axis=axes, keepdims=True)
     scale = ops.max(ops.abs(maps), axis=axes, keepdims=True)
     # Minima above every other pixel (whose scores -maps are <= scale).
     return ops.where(lowest, 2.0 * scale + 1.0 + draw, -maps)

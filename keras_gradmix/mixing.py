@@ -113,13 +113,24 @@ def apply_fill(
             or with ``"shuffle"`` the uniforms that order the permutation;
             ``seed`` is then unused.
 
+    Token ids ``(B, T)`` (as many axes as ``mask``: no channel axis) take a
+    constant id or ``"shuffle"`` and stay integers.
+
     Returns:
         Float images, same shape; pixels outside the mask are unchanged.
     """
     fill = validate_fill(fill)
     images = ops.convert_to_tensor(images)
+    if len(images.shape) == len(mask.shape):  # token ids: one "channel", kept integer
+        if fill in ("noise", "mix"):
+            raise ValueError(f"Token ids take a constant id or 'shuffle' as fill, not {fill!r}.")
+        return _fill(images[..., None], mask, fill, value_range, partner, seed, noise)[..., 0]
     if not keras.backend.is_float_dtype(images.dtype):
         images = ops.cast(images, "float32")
+    return _fill(images, mask, fill, value_range, partner, seed, noise)
+
+
+def _fill(images, mask, fill, value_range, partner, seed, noise):
     if fill == "noise":
         if noise is None:
             noise = sample_noise(

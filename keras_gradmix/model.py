@@ -18,7 +18,8 @@ from keras_gradmix import compat, guard, inspection
 from keras_gradmix.attributor import Attributor
 from keras_gradmix.config import DOCS, GradMixConfig, split_options
 from keras_gradmix.epochs import EpochCounter, raise_if_bad
-from keras_gradmix.inputs import default_value_range, image_converter
+from keras_gradmix.inputs import default_value_range, image_converter, input_grid
+from keras_gradmix.token_ids import check_token_options, is_token_input, token_ids, valid_positions, with_token_ids
 from keras_gradmix.objectives import Classification, Objective
 from keras_gradmix.steps import backend_step
 from keras_gradmix.tap import LayerTap
@@ -49,8 +50,9 @@ class GradMixModel(keras.Model):
 
     Args:
         model: a built or unbuilt Keras classifier with one image input
-            ``(B, H, W, C)`` (channels last) and one output ``(B, K)``:
-            functional, Sequential or subclassed.
+            ``(B, H, W, C)`` (channels last; or sequences ``(B, T, C)``,
+            volumes ``(B, D, H, W, C)``, token ids ``(B, T)`` or a KerasHub
+            text dict) and one output ``(B, K)``: functional, Sequential or subclassed.
         layer: name of the layer whose output is attributed, or a
             "/"-separated path into nested models ("backbone/conv5_block3_out"),
             or a list of them: each layer's map is normalised, upsampled and the
@@ -335,6 +337,8 @@ class GradMixModel(keras.Model):
         tap (Keras builds by tracing ``call``, which would count as calls)."""
         if training:
             self.objective.check_compiled(self)
+        if is_token_input(x):
+            check_token_options(self.options)
         self.attributor.ready(x)  # and builds the model
 
     # The attribution is the attributor's (keras_gradmix.attributor).
@@ -391,9 +395,14 @@ class GradMixModel(keras.Model):
 
         ``activations``/``gradients``: one tensor or a list per layer. ``seed``
         defaults to the model's own generator; an int gives independent draws.
+        Token inputs keep their structure: ``images`` of the result are ids
+        (a dict with its other entries following them).
         """
+        inputs, valid = images, None
+        if is_token_input(inputs):  # ids replaced by ids; padding never chosen
+            images, valid = token_ids(inputs), valid_positions(inputs, self.options.unselectable_token_ids)
         images = ops.convert_to_tensor(images)
-        size = images.shape[1:-1]
+        size = input_grid(images)
         maps = self.image_maps(activations, gradients, size)
         batch = ops.shape(images)[0]
         seed = self.seed_generator if seed is None else seed
@@ -401,7 +410,9 @@ class GradMixModel(keras.Model):
         maskable = self.objective.maskable(batch)
         if maskable is not None:
             transformation = transformation._replace(sampled=transformation.sampled & maskable)
-        return apply_transformation(images, maps, transformation, self.options)
+        masked = apply_transformation(images, maps, transformation, self.options, valid)
+        copies = 1 if masked.auxiliary is None else 2
+        return masked._replace(images=with_token_ids(inputs, masked.images, masked.index, copies))
 
     @contextlib.contextmanager
     def masked_pass_statistics(self):

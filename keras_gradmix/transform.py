@@ -196,7 +196,8 @@ def _sample_lam(options, policy, method, count, alpha, seed):
     return ops.where(ops.equal(method, POLICY_METHODS.index("cutmix")), cutmix, mixup)
 
 
-def apply_transformation(images, maps, transformation: Transformation, options: GradMixConfig) -> MaskedBatch:
+def apply_transformation(images, maps, transformation: Transformation, options: GradMixConfig,
+                         valid=None) -> MaskedBatch:
     """Transforms the chosen images: GradMix masks each where its map peaks
     (or where ``options.placement`` says) and fills the mask; CutMix pastes a random box of the partner; MixUp blends
     with the partner. Weighs the labels; takes the policy's method.
@@ -205,24 +206,30 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
     the same images, maps and ``transformation`` give the same batch. An image
     whose map is flat (no peak: nothing the model attends to) or not finite
     (an overflow) is left unmasked by GradMix.
+
+    Token ids ``(B, T)`` (no channel axis) stay integers; ``valid`` ``(B, T)``
+    bool marks their real tokens: masks cover the sampled share of those and
+    never padding, whose maps are zeroed (:mod:`keras_gradmix.token_ids`).
     """
     t = transformation
     images = ops.convert_to_tensor(images)
-    if not keras.backend.is_float_dtype(images.dtype):
-        images = ops.cast(images, "float32")
     maps = ops.convert_to_tensor(maps)
+    if len(images.shape) > len(maps.shape) and not keras.backend.is_float_dtype(images.dtype):
+        images = ops.cast(images, "float32")  # pixels; token ids have no channel axis
     # A map with a non-finite value (an overflow) is not trusted: zeroed, not masked.
     finite = ops.all(ops.isfinite(maps), axis=grid_axes(maps, channels=False))
     maps = ops.where(masks.per_item(finite, maps), maps, 0.0)
+    if valid is not None:
+        maps = ops.where(valid, maps, 0.0)
 
     def chosen(x):
-        return x if t.index is None else ops.take(x, t.index, axis=0)
+        return x if x is None or t.index is None else ops.take(x, t.index, axis=0)
 
     own = (chosen(images), chosen(maps), chosen(finite))
     partner = None if t.partner is None else (ops.take(images, t.partner, axis=0),
                                               ops.take(maps, t.partner, axis=0))
     if t.method is None:
-        return _gradmix(*own, partner, t, options)
+        return _gradmix(*own, partner, t, options, chosen(valid))
     policy, batches = dict(options.policy), {}
     if "gradmix" in policy:
         batches["gradmix"] = _gradmix(*own, partner, t, options)
@@ -233,11 +240,12 @@ def apply_transformation(images, maps, transformation: Transformation, options: 
     return _select(batches, t.method)
 
 
-def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
-    where = masks.placement_scores(maps, options.placement, t.placement)
-    mask, masked = masks.place_masks(options.mask, where, t.area, options.border)
+def _gradmix(images, maps, finite, partner, t, options, valid=None) -> MaskedBatch:
+    where = masks.placement_scores(maps, options.placement, t.placement, valid)
+    mask, masked = masks.place_masks(options.mask, where, t.area, options.border, valid)
     axes = grid_axes(maps, channels=False)
-    peaked = (ops.max(maps, axis=axes) > ops.min(maps, axis=axes)) & finite
+    inside = (maps, maps) if valid is None else (ops.where(valid, maps, -1.0), ops.where(valid, maps, 2.0))
+    peaked = (ops.max(inside[0], axis=axes) > ops.min(inside[1], axis=axes)) & finite
     sampled = ops.convert_to_tensor(t.sampled)
     applied = sampled & peaked
     mask = mask & masks.per_item(applied, mask)
@@ -261,8 +269,8 @@ def _gradmix(images, maps, finite, partner, t, options) -> MaskedBatch:
         pasted = ops.zeros_like(own)  # a policy's partner term, weight 0 on GradMix batches
     auxiliary = None
     if options.auxiliary_positives:  # OpenMix+: the same mask on the least-attended place, label kept
-        low = masks.placement_scores(maps, "low", t.placement)
-        aux_mask, aux_area = masks.place_masks(options.mask, low, t.area, options.border)
+        low = masks.placement_scores(maps, "low", t.placement, valid)
+        aux_mask, aux_area = masks.place_masks(options.mask, low, t.area, options.border, valid)
         aux_mask = aux_mask & masks.per_item(applied, aux_mask)
         filled = ops.concatenate([filled, mixing.apply_fill(images, aux_mask, options.fill, noise=t.noise)])
         auxiliary = ops.where(applied, 1.0 - aux_area, 0.0)

@@ -54,6 +54,16 @@ def option(**options):
     return lambda batch: GradMixModel(sequential_cnn(), "conv2", **options)
 
 
+def text_model():
+    return keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(8, 4),
+                             keras.layers.Conv1D(4, 3, padding="same", name="conv"),
+                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+
+
+def text_batch():
+    return np.array([[2, 3, 4, 5, 0, 0]] * 4, "int32"), np.zeros(4, "int32")
+
+
 def compiled(model=None, loss=None, **options):
     gm = GradMixModel(model if model is not None else sequential_cnn(), **options)
     gm.compile(optimizer="sgd", loss=loss or sparse_ce())
@@ -247,7 +257,7 @@ CASES = [
          lambda b: fit(compiled(layer="conv2"), np.round(255 * b[0]), b[1])),
     Case("pixels-nan", "NaN or inf pixels", "first batch", "1 non-finite pixel values",
          lambda b: fit(compiled(layer="conv2"), with_nan(b[0]), b[1])),
-    Case("images-text", "images given as strings", "first batch", "the images are strings",
+    Case("images-text", "images given as strings", "first batch", "the inputs are strings; decode images",
          lambda b: compiled(layer="conv2").inspect_batch(np.array(["a.png"] * 8), b[1])),
     Case("labels-high", "class indices >= the number of outputs", "first batch",
          r"labels must be class indices in \[0, 10\).* from 0 to 12",
@@ -284,10 +294,21 @@ CASES = [
     Case("labels-shape", "labels that fit neither sparse nor one-hot", "first batch", "fit neither sparse",
          lambda b: fit(compiled(layer="conv2"), b[0], np.zeros((8, 3), "float32"))),
     Case("images-rank", "inputs that are not images (batch, height, width, channels), sequences "
-         "(batch, steps, channels) or volumes (batch, depth, height, width, channels)", "first batch",
+         "(batch, steps, channels), volumes (batch, depth, height, width, channels) or integer "
+         "token ids (batch, tokens)", "first batch",
          r"images of shape \(batch, height, width, channels\).*or sequences \(batch, steps, channels\)",
          lambda b: fit(compiled(keras.Sequential([keras.Input((16,)), keras.layers.Dense(4)])),
                        np.zeros((4, 16), "float32"), np.zeros(4, "int32"))),
+    Case("token-fill", "token ids with a fill that is not an id (the default noise, a partner's "
+         "tokens, a fraction)", "first batch",
+         r"fill='noise' draws pixel values; token ids are replaced by an id: pass fill=<id>",
+         lambda b: fit(compiled(text_model(), layer="conv"), *text_batch())),
+    Case("token-negative", "negative token ids", "first batch", r"negative token ids \(down to -1\)",
+         lambda b: fit(compiled(text_model(), layer="conv", fill=1), text_batch()[0] - 1,
+                       text_batch()[1])),
+    Case("token-unselectable", "unselectable_token_ids that are not ids >= 0", "construction",
+         r"unselectable_token_ids must be a list of token ids >= 0",
+         lambda b: GradMixModel(text_model(), "conv", unselectable_token_ids=["pad"])),
     Case("sequence-layer", "a sequence model's layer whose output does not run over the steps",
          "first batch", r"Layer 'c' returned \(8, 12, 2, 2\); GradMix needs one \(batch, steps, "
                         r"channels\) sequence output",

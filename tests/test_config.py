@@ -16,7 +16,7 @@ ALL_OPTIONS = dict(
     prefix_tokens=1, token_grid=[7, 7], masked_fraction=1.0, stop_epoch=9, area_ramp_epochs=2,
     probability_ramp_epochs=4, policy={"gradmix": 0.5, "cutmix": 0.25, "mixup": 0.25},
     cutmix_alpha=0.5, mixup_alpha=0.4, placement="low", masked_as="positive", outlier_weight=0.25,
-    border="clip", check_every=7, auxiliary_positives=False,
+    border="clip", check_every=7, auxiliary_positives=False, unselectable_token_ids=[0, 101, 102],
 )
 
 
@@ -27,6 +27,7 @@ def test_every_option_is_a_field_and_round_trips():
     assert GradMixConfig.from_config(config.get_config()) == config
     assert config.mask_area == (0.2, 0.3) and config.value_range == (0.0, 255.0)
     assert config.normalization == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) and config.token_grid == (7, 7)
+    assert config.unselectable_token_ids == (0, 101, 102)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.mode = "paired"
 

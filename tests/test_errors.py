@@ -119,7 +119,7 @@ def test_flat_map_warnings_name_the_right_cause(batch):
     x, y = batch
     gm = GradMixModel(sequential_cnn(), "conv2")
     gm.compile(optimizer="sgd", loss=sparse_ce())
-    with pytest.warns(UserWarning, match="is flat on the first batch.*Every image of the batch is "
+    with pytest.warns(UserWarning, match="is flat on the first batch.*Every input of the batch is "
                                          "constant.*data pipeline"):
         gm.fit(np.zeros_like(x), y, batch_size=8, epochs=1, verbose=0)
     overflow = np.full((len(x), 24, 24), np.nan, "float32")

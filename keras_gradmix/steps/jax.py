@@ -17,6 +17,7 @@ import keras
 from jax.extend.core import Literal
 
 from keras_gradmix import compat, guard
+from keras_gradmix.inputs import batch_size, input_grid
 
 
 def _current(scope, variables):
@@ -66,7 +67,7 @@ def _forward_and_attribute(gm, x, y, sample_weight, training, need_loss, paths=N
         on_output = None if perturb is None else (lambda out: out + next(perturb))
         with gm.tap(on_output=on_output, paths=paths) as tap:
             y_pred, losses, updated = _forward(gm, state, x, training)
-        activations = gm.tapped_activations(tap, x.shape[1:-1], paths)
+        activations = gm.tapped_activations(tap, input_grid(x), paths)
         return (y_pred, activations), (updated, losses)
 
     # The shapes of the perturbations, from an abstract evaluation (no compute).
@@ -100,7 +101,7 @@ def attribute(attributor, x, y, paths=None, score=None):
     layers) from one inference-mode forward of ``attributor`` (its
     :meth:`~keras_gradmix.Attributor.score`, or ``score(x, y, y_pred)``):
     the gradient with respect to a zero perturbation of their outputs."""
-    x = jax.numpy.asarray(x)
+    x = keras.tree.map_structure(jax.numpy.asarray, x)
     attributor.ready(x)
     model = attributor.model
     state = model.trainable_variables + model.non_trainable_variables
@@ -110,7 +111,7 @@ def attribute(attributor, x, y, paths=None, score=None):
         on_output = None if perturb is None else (lambda out: out + next(perturb))
         with attributor.tap(on_output=on_output, paths=paths) as tap:
             y_pred = attributor.forward(x)
-        return y_pred, attributor.tapped_activations(tap, x.shape[1:-1], paths)
+        return y_pred, attributor.tapped_activations(tap, input_grid(x), paths)
 
     def value(eps):
         y_pred, activations = tapped_forward(eps)
@@ -184,8 +185,8 @@ def update_metrics(gm, metrics_variables, loss, x, y, y_pred, sample_weight, mas
     masking trackers, statelessly: ``(logs, values)``."""
     mapping = list(zip(gm.metrics_variables, metrics_variables))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        compat.loss_tracker(gm).update_state(loss, sample_weight=x.shape[0])
+        compat.loss_tracker(gm).update_state(loss, sample_weight=batch_size(x))
         logs = gm.compute_metrics(x, y, y_pred, sample_weight)
         if masked is not None:
-            logs = {**logs, **gm.track_masking(masked, x.shape[0])}
+            logs = {**logs, **gm.track_masking(masked, batch_size(x))}
     return logs, _current(scope, gm.metrics_variables)

@@ -14,6 +14,7 @@ from keras import ops
 import tensorflow as tf
 
 from keras_gradmix import compat, guard
+from keras_gradmix.inputs import batch_size, input_grid
 
 
 def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss, paths=None):
@@ -23,7 +24,7 @@ def _forward_and_attribute(gm, tape, x, y, sample_weight, training, need_loss, p
     """
     with gm.tap(on_output=tape.watch, paths=paths) as tap:
         y_pred = gm(x, training=training)
-    activations = gm.tapped_activations(tap, x.shape[1:-1], paths)
+    activations = gm.tapped_activations(tap, input_grid(x), paths)
     clean_loss = None
     if need_loss:
         clean_loss = gm.clean_loss(x, y, y_pred, sample_weight, training)
@@ -39,12 +40,12 @@ def attribute(attributor, x, y, paths=None, score=None):
     """Activations and gradients of ``paths`` (by default the attributed
     layers) from one inference-mode forward of ``attributor`` (its
     :meth:`~keras_gradmix.Attributor.score`, or ``score(x, y, y_pred)``)."""
-    x = tf.convert_to_tensor(x)
+    x = keras.tree.map_structure(tf.convert_to_tensor, x)
     attributor.ready(x)
     with tf.GradientTape() as tape:
         with attributor.tap(on_output=tape.watch, paths=paths) as tap:
             y_pred = attributor.forward(x)
-        activations = attributor.tapped_activations(tap, x.shape[1:-1], paths)
+        activations = attributor.tapped_activations(tap, input_grid(x), paths)
         value = attributor.score(y, y_pred) if score is None else score(x, y, y_pred)
     gradients = tape.gradient(value, activations)
     attributor.check_reaches_output([g is not None for g in gradients], paths)
@@ -80,7 +81,7 @@ def train_step(gm, data):
         terms = gm.gradmix_terms(x, y, y_pred, clean_loss, y_masked, sample_weight, masked)
         loss = sum(terms.values())
         compat.loss_tracker(gm).update_state(
-            compat.unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
+            compat.unscale_loss_for_distribution(loss), sample_weight=batch_size(x)
         )
         if gm.optimizer is not None:
             loss = gm.optimizer.scale_loss(loss)
@@ -92,5 +93,5 @@ def train_step(gm, data):
     guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
     guard.keep_if_bad(ok, statistics, before)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    masking = gm.track_masking(masked, ops.shape(x)[0])
+    masking = gm.track_masking(masked, batch_size(x))
     return {**logs, **masking, guard.HELD: ops.cast(ops.logical_not(ok), "int32")}
