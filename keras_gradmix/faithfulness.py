@@ -26,8 +26,9 @@ import keras
 import numpy as np
 
 from keras_gradmix.explain import attribution_maps
-from keras_gradmix.masks import box_masks, placement_scores
+from keras_gradmix.masks import place_masks, placement_scores
 from keras_gradmix.mixing import apply_fill, validate_fill
+from keras_gradmix.token_ids import is_token_input, token_ids, valid_positions, with_token_ids
 
 PLACES = ("peak", "random", "low")
 OUTPUTS = ("auto", "logits", "probabilities")
@@ -35,8 +36,9 @@ OUTPUTS = ("auto", "logits", "probabilities")
 
 def _outputs(model, images, batch_size) -> np.ndarray:
     out = []
-    for start in range(0, len(images), batch_size):
-        values = keras.ops.convert_to_numpy(model(images[start:start + batch_size], training=False))
+    for start in range(0, len(token_ids(images) if is_token_input(images) else images), batch_size):
+        rows = keras.tree.map_structure(lambda a: a[start:start + batch_size], images)
+        values = keras.ops.convert_to_numpy(model(rows, training=False))
         out.append(np.asarray(values, np.float64))
     return np.concatenate(out)
 
@@ -122,8 +124,11 @@ def faithfulness(
     one image): pass more images.
 
     Args:
-        model: a Keras classifier, one image input ``(B, H, W, C)``.
-        x: ``(N, H, W, C)`` images.
+        model: a Keras classifier, one image input ``(B, H, W, C)`` (or a
+            sequence, volume or token-id input, as ``attribution_maps``).
+        x: ``(N, H, W, C)`` images (or sequences, volumes, token ids: a span
+            of ``area`` of each sequence's selectable tokens is replaced by
+            the id ``fill``; ``unselectable_token_ids=`` as GradMix's, ``(0,)``).
         y: class indices ``(N,)`` or one-hot ``(N, K)``: the true classes,
             whose maps and probabilities are used.
         layer, attribution, **options: as in
@@ -152,11 +157,16 @@ def faithfulness(
     fill = validate_fill(fill)
     if isinstance(fill, str):
         raise ValueError(f"faithfulness blanks with a constant fill (a number), got {fill!r}.")
-    images = np.asarray(keras.ops.convert_to_numpy(x), np.float32)
+    unselectable = options.pop("unselectable_token_ids", (0,))
+    images = keras.tree.map_structure(lambda a: np.asarray(keras.ops.convert_to_numpy(a)), x)
+    tokens = is_token_input(images)  # ids: boxes are spans of selectable tokens
+    valid = keras.ops.convert_to_numpy(valid_positions(images, unselectable)) if tokens else None
+    if not tokens:
+        images = images.astype(np.float32)
     labels = np.asarray(keras.ops.convert_to_numpy(y))
     maps = attribution_maps(model, images, labels, layer, attribution, batch_size=batch_size, **options)
     labels = labels.argmax(axis=1) if labels.ndim == 2 else labels.astype(int).ravel()
-    rows = np.arange(len(images))
+    rows = np.arange(len(labels))
     outputs = _outputs(model, images, batch_size)
     output = _resolve_output(output, outputs)
 
@@ -167,8 +177,11 @@ def faithfulness(
     draw = np.random.default_rng(seed).uniform(size=maps.shape).astype(np.float32)
     per_image = {}
     for place in PLACES:
-        mask, _ = box_masks(placement_scores(maps, place, draw), float(area))
-        blanked = keras.ops.convert_to_numpy(apply_fill(images, mask, fill))
+        mask, _ = place_masks("box", placement_scores(maps, place, draw, valid), float(area), valid=valid)
+        if tokens:
+            blanked = with_token_ids(images, keras.ops.convert_to_numpy(apply_fill(token_ids(images), mask, fill)))
+        else:
+            blanked = keras.ops.convert_to_numpy(apply_fill(images, mask, fill))
         per_image[place] = clean - probabilities(_outputs(model, blanked, batch_size))[rows, labels]
     per_image["peak - random"] = per_image["peak"] - per_image["random"]
     result = {key: float(v.mean()) for key, v in per_image.items()}

@@ -120,6 +120,19 @@ def test_exact_maps_and_masks_of_a_hand_built_text_model():
     assert to_numpy(out.images).dtype == np.int32
 
 
+def test_faithfulness_blanks_spans_of_real_tokens():
+    ids = np.array([[3, 9, 5, 4, 0, 0], [2, 6, 11, 7, 8, 5]], "int32")
+    with pytest.warns(UserWarning):  # two sequences: no interval worth the name
+        result = keras_gradmix.faithfulness(id_model(), ids, [0, 0], layer="embed", area=0.5)
+
+    def p0(kept):  # logits (m, -m), m the mean embedding over the 6 places
+        return 1.0 / (1.0 + np.exp(-2.0 * sum(kept) / 60.0))
+
+    # At the peak: 2 of 4 tokens around the 9 (t = 0, 1), 3 of 6 around the 11 (t = 1..3), set to id 0.
+    expected = [p0([3, 9, 5, 4]) - p0([5, 4]), p0([2, 6, 11, 7, 8, 5]) - p0([2, 8, 5])]
+    np.testing.assert_allclose(result["per_image"]["peak"], expected, rtol=1e-5)
+
+
 def conv_text_model(steps=10, classes=2):
     keras.utils.set_random_seed(0)
     return keras.Sequential([
