@@ -244,8 +244,10 @@ def _gradmix(images, maps, finite, partner, t, options, valid=None) -> MaskedBat
     where = masks.placement_scores(maps, options.placement, t.placement, valid)
     mask, masked = masks.place_masks(options.mask, where, t.area, options.border, valid)
     axes = grid_axes(maps, channels=False)
-    inside = (maps, maps) if valid is None else (ops.where(valid, maps, -1.0), ops.where(valid, maps, 2.0))
-    peaked = (ops.max(inside[0], axis=axes) > ops.min(inside[1], axis=axes)) & finite
+    high = low = maps
+    if valid is not None:  # the extremes over the selectable tokens (maps are in [0, 1])
+        high, low = ops.where(valid, maps, -1.0), ops.where(valid, maps, 2.0)
+    peaked = (ops.max(high, axis=axes) > ops.min(low, axis=axes)) & finite
     sampled = ops.convert_to_tensor(t.sampled)
     applied = sampled & peaked
     mask = mask & masks.per_item(applied, mask)
