@@ -273,7 +273,9 @@ def main(argv=None):
                         help=f"comma-separated, from {[v[0] for v in CELLS.values()]}")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=os.path.join("docs", "results", "shortcut"))
-    parser.add_argument("--summary", default=os.path.join("docs", "results", "shortcut.md"))
+    parser.add_argument("--summary", default=None,
+                        help="default: docs/results/shortcut.md for the patch cue, "
+                             "shortcut_<cues>.md for others (one cue's run never overwrites another's)")
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: summarise the runs already there")
     parser.add_argument("--smoke", action="store_true",
@@ -289,6 +291,9 @@ def main(argv=None):
     cues = args.cue.split(",")
     if any(c not in CUES for c in cues):
         parser.error(f"--cue must come from {CUES}; got {cues}")
+    if args.summary is None:
+        stem = "shortcut" if cues == ["patch"] else "shortcut_" + "_".join(cues)
+        args.summary = os.path.join("docs", "results", stem + ".md")
     names = [by_slug[s] for s in slugs]
     rhos = [float(r) for r in args.rho.split(",")]
     splits = [int(s) for s in args.splits.split(",")]
