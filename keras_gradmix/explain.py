@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_gradmix.attributor import Attributor
+from keras_gradmix.inputs import num_rows, rows
 from keras_gradmix.token_ids import is_token_input, token_ids
 
 SETTINGS = ("normalize", "output", "prefix_tokens", "token_grid")
@@ -77,7 +78,7 @@ def attribution_maps(
     attributor = Attributor(model, layer, attribution, target=target, **options)
     images = keras.tree.map_structure(keras.ops.convert_to_numpy, images)
     tokens = is_token_input(images)
-    count = len(token_ids(images)) if tokens else len(images)
+    count = num_rows(images)
     if (not tokens and images.ndim not in (3, 4, 5)) or count == 0:
         raise ValueError(
             f"attribution_maps needs a non-empty batch of images (batch, height, width, "
@@ -85,19 +86,16 @@ def attribution_maps(
             f"(batch, depth, height, width, channels), token ids (batch, tokens)); got shape "
             f"{np.shape(token_ids(images) if tokens else images)}.")
 
-    def rows(start, stop):
-        return keras.tree.map_structure(lambda a: a[start:stop], images)
-
     # "prediction" ignores the labels: zeros stand in for absent ones.
     labels = np.zeros(count, "int32") if labels is None else keras.ops.convert_to_numpy(labels)
     if len(labels) != count:
         raise ValueError(f"Got {count} images but {len(labels)} labels.")
     if target == "label":
-        _check_labels(np.asarray(labels), model(rows(0, 1), training=False))
+        _check_labels(np.asarray(labels), model(rows(images, 0, 1), training=False))
     maps = []
     for start in range(0, count, batch_size):
         maps.append(keras.ops.convert_to_numpy(
-            attributor(rows(start, start + batch_size), labels[start:start + batch_size])))
+            attributor(rows(images, start, start + batch_size), labels[start:start + batch_size])))
     return np.concatenate(maps)
 
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from keras_gradmix.explain import attribution_maps
+from keras_gradmix.inputs import num_rows, rows
 from keras_gradmix.masks import place_masks, placement_scores
 from keras_gradmix.mixing import apply_fill, validate_fill
 from keras_gradmix.token_ids import is_token_input, token_ids, valid_positions, with_token_ids
@@ -36,9 +37,9 @@ OUTPUTS = ("auto", "logits", "probabilities")
 
 def _outputs(model, images, batch_size) -> np.ndarray:
     out = []
-    for start in range(0, len(token_ids(images) if is_token_input(images) else images), batch_size):
-        rows = keras.tree.map_structure(lambda a: a[start:start + batch_size], images)
-        values = keras.ops.convert_to_numpy(model(rows, training=False))
+    for start in range(0, num_rows(images), batch_size):
+        values = keras.ops.convert_to_numpy(model(rows(images, start, start + batch_size),
+                                                  training=False))
         out.append(np.asarray(values, np.float64))
     return np.concatenate(out)
 

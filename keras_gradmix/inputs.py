@@ -53,6 +53,21 @@ def batch_size(x):
     return ops.shape(token_ids(x) if is_token_input(x) else x)[0]
 
 
+def is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or keras.ops.is_tensor(value)
+
+
+def num_rows(x) -> int:
+    """The number of rows (images, sequences) of an array or a token dict."""
+    return len(token_ids(x) if is_token_input(x) else x)
+
+
+def rows(x, start: int, stop: int):
+    """Rows ``start:stop`` of an input: an array or a structure of arrays (a
+    token dict, ``(x, y, sample_weight)``); other leaves (None) are kept."""
+    return keras.tree.map_structure(lambda a: a[start:stop] if is_array(a) else a, x)
+
+
 def check_image_batch(x) -> None:
     """One input over a grid, channels last, the grid's size known: images
     ``(batch, height, width, channels)``, sequences ``(batch, steps,

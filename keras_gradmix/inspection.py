@@ -25,7 +25,7 @@ from keras import ops
 
 from keras_gradmix import compat
 from keras_gradmix.attribution import METHODS
-from keras_gradmix.inputs import check_image_batch, input_grid
+from keras_gradmix.inputs import check_image_batch, input_grid, is_array, rows
 from keras_gradmix.objectives import Classification, attributed_output
 from keras_gradmix.tap import LayerTap, SmallMapError, candidate_layers, pick_layer, spatial_candidates
 from keras_gradmix.token_ids import is_token_input, token_ids
@@ -133,15 +133,6 @@ def all_flat(maps) -> bool:
 
 
 # ------------------------------------------------------------ the first batch
-def _is_array(value) -> bool:
-    return isinstance(value, np.ndarray) or keras.ops.is_tensor(value)
-
-
-def _head(value, size):
-    """The first ``size`` rows of an array or a structure of arrays."""
-    return keras.tree.map_structure(lambda a: a[:size] if _is_array(a) else a, value)
-
-
 def _chain(first, rest):
     """A generator (what Keras accepts) of ``first`` and then ``rest``."""
     yield first
@@ -162,10 +153,10 @@ def first_batch(x=None, y=None, sample_weight=None, batch_size=None):
     """
     if x is None:
         return None, None, None, x
-    if _is_array(x) or (isinstance(x, (list, tuple, dict)) and keras.tree.flatten(x)
-                        and all(_is_array(a) for a in keras.tree.flatten(x))):
+    if is_array(x) or (isinstance(x, (list, tuple, dict)) and keras.tree.flatten(x)
+                        and all(is_array(a) for a in keras.tree.flatten(x))):
         size = batch_size or 32
-        return _head(x, size), _head(y, size), _head(sample_weight, size), x
+        return rows(x, 0, size), rows(y, 0, size), rows(sample_weight, 0, size), x
     batch, known = None, True
     if type(x).__module__.startswith("tensorflow") and hasattr(x, "take") and hasattr(x, "element_spec"):
         batch = next(iter(x.take(1)), None)
@@ -292,7 +283,7 @@ def check_labels(gm, x, y, batch: str = "the first batch"):
             "e.g. with keras.layers.StringLookup(num_oov_indices=0) or a dict.")
     probe = getattr(gm, "_label_probe", None)  # one image's outputs: their structure and widths
     if probe is None:
-        probe = gm._label_probe = gm(_head(x, 1), training=False)
+        probe = gm._label_probe = gm(rows(x, 0, 1), training=False)
     labels, pred = attributed_output(gm.model, gm.options.output, y, probe)
     classes = pred.shape[-1]
     labels = _numpy(labels)
