@@ -147,13 +147,15 @@ def test_the_headline_gap_is_quoted_from_its_committed_runs():
 
 def test_the_spurious_cue_headline_is_quoted_from_the_committed_summary():
     """README and the results guide quote the spurious-cue study's headline
-    cells (conflicting-cue accuracy) as docs/results/shortcut.json has them."""
+    cells (conflicting-cue accuracy) as docs/results/shortcut.json (the patch)
+    and shortcut_grating.json (the control cue) have them."""
     import json
 
-    for rho in ("0.99", "0.9"):
-        tables = json.loads((ROOT / "docs/results/shortcut.json").read_text())["tables"][f"patch, rho {rho}"]
+    for summary, key in (("shortcut", "patch, rho 0.99"), ("shortcut", "patch, rho 0.9"),
+                         ("shortcut_grating", "grating, rho 0.99")):
+        tables = json.loads((ROOT / f"docs/results/{summary}.json").read_text())["tables"][key]
         rows = {r["cell − baseline"]: r for r in tables["differences"] + tables["contrasts"]}
         for label in ("gradmix peak, replace − plain", "peak − random (replace)"):
-            cell = rows[label]["Δacc. conflicting"]
+            cell = rows[label]["Δacc. conflicting"].replace("-", "−")  # the pages' minus sign
             for page in ("README.md", "docs/guides/results.md"):
-                assert cell in " ".join((ROOT / page).read_text().split()), (page, rho, label, cell)
+                assert cell in " ".join((ROOT / page).read_text().split()), (page, key, label, cell)
