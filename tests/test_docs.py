@@ -159,3 +159,16 @@ def test_the_spurious_cue_headline_is_quoted_from_the_committed_summary():
             cell = rows[label]["Δacc. conflicting"].replace("-", "−")  # the pages' minus sign
             for page in ("README.md", "docs/guides/results.md"):
                 assert cell in " ".join((ROOT / page).read_text().split()), (page, key, label, cell)
+
+
+def test_the_placement_contrasts_are_quoted_from_the_committed_summary():
+    """README and the results guide quote the area-exact placement study's
+    peak − random contrasts as docs/results/attribution_control.json has them."""
+    import json
+
+    compared = json.loads((ROOT / "docs/results/attribution_control.json").read_text())["compared"]
+    rows = {r["contrast"]: r for r in compared}
+    for label in ("peak vs random (positives)", "peak vs random (outliers)"):
+        cell = rows[label]["ΔAUROC (MLS), shifted"].replace("-", "−")
+        for page in ("README.md", "docs/guides/results.md"):
+            assert cell in " ".join((ROOT / page).read_text().split()), (page, label, cell)
