@@ -125,6 +125,11 @@ def test_plots_without_matplotlib_name_the_plots_extra(monkeypatch):
         require("matplotlib", feature="plot_masks")
 
 
+def _flat(page: str) -> str:
+    """A page's text on one line (a quoted number may wrap across lines)."""
+    return " ".join((ROOT / page).read_text().split())
+
+
 def test_the_headline_gap_is_quoted_from_its_committed_runs():
     """README and the results guide quote GradMix's MLS AUROC gap to plain from
     docs/results/fashion_mnist_osr.json's runs (one source; they disagreed)."""
@@ -141,7 +146,7 @@ def test_the_headline_gap_is_quoted_from_its_committed_runs():
     quoted = (f"−{-gap['diff']:.1f} AUROC (95 % CI −{-gap['ci_low']:.1f} to "
               f"−{-gap['ci_high']:.1f}")
     for page in ("README.md", "docs/guides/results.md"):
-        text = " ".join((ROOT / page).read_text().split())
+        text = _flat(page)
         assert quoted in text, (page, quoted)
 
 
@@ -158,7 +163,7 @@ def test_the_spurious_cue_headline_is_quoted_from_the_committed_summary():
         for label in ("gradmix peak, replace − plain", "peak − random (replace)"):
             cell = rows[label]["Δacc. conflicting"].replace("-", "−")  # the pages' minus sign
             for page in ("README.md", "docs/guides/results.md"):
-                assert cell in " ".join((ROOT / page).read_text().split()), (page, key, label, cell)
+                assert cell in _flat(page), (page, key, label, cell)
 
 
 def test_the_placement_contrasts_are_quoted_from_the_committed_summary():
@@ -171,4 +176,4 @@ def test_the_placement_contrasts_are_quoted_from_the_committed_summary():
     for label in ("peak vs random (positives)", "peak vs random (outliers)"):
         cell = rows[label]["ΔAUROC (MLS), shifted"].replace("-", "−")
         for page in ("README.md", "docs/guides/results.md"):
-            assert cell in " ".join((ROOT / page).read_text().split()), (page, label, cell)
+            assert cell in _flat(page), (page, label, cell)
