@@ -364,8 +364,8 @@ def load(path: Path) -> tuple[dict, dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--jit", nargs="+", default=["off", "on"] if BACKEND == "tensorflow" else ["off"],
-                        choices=["off", "on"])
+    parser.add_argument("--jit", nargs="+", choices=["off", "on"],
+                        help="default: off and on (TensorFlow), off (PyTorch, and --smoke)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -373,7 +373,7 @@ def main(argv=None):
                         metavar="VARIANT", help="variants whose peak memory is measured (jit off)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--smoke", action="store_true",
-                        help="checks the script: small CNN, batch 8, 2 rounds, memory of 2 variants")
+                        help="checks the script: small CNN, jit off, batch 8, 2 rounds, memory of 2 variants")
     parser.add_argument("--cost-controls", action="store_true",
                         help="time only the cost-control variants; keep the rest of the stored rows")
     parser.add_argument("--outliers", action="store_true",
@@ -386,6 +386,8 @@ def main(argv=None):
     if args.smoke:
         args.models, args.batch, args.rounds, args.warmup = ["small_cnn"], 8, 2, 1
         args.memory = ["plain", "gradmix-replace"]
+    if args.jit is None:  # XLA compiles every variant again: the smoke run skips it
+        args.jit = ["off", "on"] if BACKEND == "tensorflow" and not args.smoke else ["off"]
 
     out = Path(args.out)
     stored, runs = load(out / "step_cost.json")
