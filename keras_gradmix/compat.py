@@ -174,3 +174,21 @@ def forget_step_functions(model) -> None:
     model.train_function = None
     model.test_function = None
 
+
+
+def build_before_tracing(model, batch) -> None:
+    """Builds a compiled model's optimizer, metrics and loss state from
+    ``batch``'s shapes (``(x, y, sample_weight)``: arrays or anything with a
+    ``shape`` and ``dtype``), as Keras' JAX and PyTorch trainers do before
+    their first step.
+
+    Keras' TensorFlow trainer, without a distribution strategy, leaves this to
+    the first trace of its train function; the variables that trace creates
+    make ``tf.function`` trace the step a second time. GradMix's step (a
+    second backward pass) is costly to trace, so building first halves the
+    first epoch's tracing. A no-op on the other backends and when built.
+    """
+    if keras.backend.backend() != "tensorflow" or getattr(model, "optimizer", None) is None:
+        return
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)

@@ -233,9 +233,12 @@ class GradMixModel(keras.Model):
 
     def inspect_batch(self, x, y=None, sample_weight=None):
         """Checks a batch and resolves ``layer=None`` before training on it
-        (see :mod:`keras_gradmix.inspection`); ``fit`` calls it."""
+        (see :mod:`keras_gradmix.inspection`), then builds the compiled state
+        from its shapes (on TensorFlow the step is then traced once, not
+        twice: :func:`keras_gradmix.compat.build_before_tracing`); ``fit`` calls it."""
         inspection.inspect_batch(self, x, y, sample_weight)
         self.built = True  # the wrapped model is built now (BackupAndRestore checks)
+        compat.build_before_tracing(self, (x, y, sample_weight))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The objective's loss of a clean batch (``evaluate`` uses it)."""
