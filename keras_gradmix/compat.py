@@ -186,9 +186,12 @@ def build_before_tracing(model, batch) -> None:
     the first trace of its train function; the variables that trace creates
     make ``tf.function`` trace the step a second time. GradMix's step (a
     second backward pass) is costly to trace, so building first halves the
-    first epoch's tracing. A no-op on the other backends and when built.
+    first epoch's tracing. A no-op on the other backends, when built, and on a
+    Keras without ``_symbolic_build`` (training is the same, traced twice).
     """
-    if keras.backend.backend() != "tensorflow" or getattr(model, "optimizer", None) is None:
+    build = getattr(model, "_symbolic_build", None)
+    compiled = getattr(model, "optimizer", None) is not None
+    if keras.backend.backend() != "tensorflow" or build is None or not compiled:
         return
     with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=batch)
+        build(data_batch=batch)
