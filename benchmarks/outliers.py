@@ -67,7 +67,7 @@ from common import (  # noqa: E402
     train,
 )
 from keras_gradmix.data import load_arrays, osr_classes  # noqa: E402
-from keras_gradmix.osr import evaluate_model_open_set, tune_scores, tuned_options  # noqa: E402
+from keras_gradmix.osr import GRIDS, evaluate_model_open_set, tune_scores, tuned_options  # noqa: E402
 from keras_gradmix.tables import to_markdown  # noqa: E402
 
 MASKS = {"box": "box", "pixels": "threshold"}
@@ -198,6 +198,21 @@ def table(rows, cells, contrasts) -> tuple[str, str]:
     return to_markdown(means), to_markdown(out) if out else "(no pair yet)"
 
 
+def chosen_options(runs) -> str:
+    """How often validation chose each value of each tuned score's option, and
+    where every run chose the grid's end (the search then says only "this end
+    or beyond"; at kNN's lowest k, the tuned kNN column is plain kNN, k = 50)."""
+    parts = []
+    for name in TUNED:
+        for option, grid in GRIDS[name].items():
+            picked = [r["results"]["tuning"][name]["options"][option] for r in runs]
+            counts = ", ".join(f"{v:g}: {picked.count(v)}" for v in grid if v in picked)
+            edge = ("lowest" if set(picked) == {grid[0]} else "highest" if set(picked) == {grid[-1]}
+                    else None)
+            parts.append(f"{name} {option} {counts}" + (f" (always the grid's {edge})" if edge else ""))
+    return f"**Options chosen on validation** (value: runs): {'; '.join(parts)}."
+
+
 def command() -> str:
     return " ".join(["python benchmarks/outliers.py", *sys.argv[1:]])
 
@@ -310,6 +325,7 @@ def main(argv=None):
         *([f"**Best on these runs** (highest mean ΔAUROC (MLS) vs plain): `{best}`.", ""]
           if best else []),
         means, "", "**Contrasts** (cell − baseline on the same split and seed):", "", contrast_text, "",
+        *([chosen_options(runs), ""] if runs else []),
         *([fresh, ""] if fresh else []),
         f"Command: `{meta['command']}`  ",
         f"Keras {meta['keras']}, TensorFlow {meta['tensorflow']}; {meta['machine']}.", ""])

@@ -229,6 +229,7 @@ def test_outliers_screen_then_powered_on_its_best_variant(tmp_path):
             assert all(tuning["options"][k] in grid[k] for k in grid) and 0 <= tuning["val_auroc"] <= 1
     text = (tmp_path / "outliers_screen.md").read_text()
     assert f"`{best}`" in text and "| pixels vs box (aux, w 1) |" not in text  # its box twin did not run
+    assert outliers.chosen_options(runs) in text
 
     powered, meta = outliers.main([*common, "--stage", "powered"])
     assert [r["cell"] for r in powered] == ["plain", best, f"{best}-random"]
@@ -238,6 +239,19 @@ def test_outliers_screen_then_powered_on_its_best_variant(tmp_path):
     text = (tmp_path / "outliers_powered.md").read_text()
     assert "| peak vs random (the same mask) | " in text and f"{diff:+.2f} (" in text
     assert "chosen on the screen's runs alone" in text and "Outside the screen's pairs" in text
+
+
+def test_outliers_summary_counts_the_options_chosen_and_flags_a_grid_end():
+    import outliers
+
+    def run(temperature, k, percentile):
+        tuning = {"energy": {"temperature": temperature}, "knn": {"k": k}, "react": {"percentile": percentile}}
+        return {"results": {"tuning": {name: {"options": o} for name, o in tuning.items()}}}
+
+    text = outliers.chosen_options([run(1000.0, 50, 95.0), run(1000.0, 50, 85.0), run(1000.0, 50, 95.0)])
+    assert text == ("**Options chosen on validation** (value: runs): energy temperature 1000: 3 "
+                    "(always the grid's highest); knn k 50: 3 (always the grid's lowest); "
+                    "react percentile 85: 1, 95: 2.")
 
 
 def test_outliers_tuned_scores_are_the_scores_at_the_chosen_options(mnist):
