@@ -175,7 +175,6 @@ def forget_step_functions(model) -> None:
     model.test_function = None
 
 
-
 def build_before_tracing(model, batch) -> None:
     """Builds a compiled model's optimizer, metrics and loss state from
     ``batch``'s shapes (``(x, y, sample_weight)``: arrays or anything with a
