@@ -177,3 +177,23 @@ def test_the_placement_contrasts_are_quoted_from_the_committed_summary():
         cell = rows[label]["ΔAUROC (MLS), shifted"].replace("-", "−")
         for page in ("README.md", "docs/guides/results.md"):
             assert cell in _flat(page), (page, label, cell)
+
+
+def test_the_readme_mode_table_quotes_the_options_guide():
+    """The README's "which mode for which goal" table is the options guide's,
+    shortened: each of its rows' numbers (intervals, wins, timings) is in the
+    guide's table, whose numbers come from committed summaries."""
+    import re
+
+    def table(page, header):
+        text = (ROOT / page).read_text()
+        return text[text.index(header):].split("\n\n")[0].splitlines()[2:]
+
+    readme = table("README.md", "| goal | use | score | evidence |")
+    guide = " ".join(table("docs/guides/options.md", "| goal | use | pair it with | evidence |"))
+    assert len(readme) == 5
+    for row in readme:
+        numbers = re.findall(r"\[[^\]]+\] \(\d+/\d+\)|\d+ vs \d+ ms", row)
+        assert numbers, row
+        for number in numbers:
+            assert number in guide, (row, number)
