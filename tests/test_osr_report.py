@@ -2,6 +2,8 @@
 full-spectrum rows and validation-tuned hyper-parameters, against direct
 NumPy computations."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -83,9 +85,11 @@ def test_full_spectrum_counts_corrupted_known_images_as_known():
 def test_tuning_picks_the_best_validation_auroc_and_stores_it(data):
     model = mlp()
     val_known, val_unknown = data["known"], data["unknown"][0]
-    tuned = tune_scores(model, val_known, val_unknown, ("energy", "react", "mls"),
-                        feature_layer="hidden", train_data=data["train"],
-                        grids={"react": {"percentile": (10.0, 50.0, 99.0)}})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        tuned = tune_scores(model, val_known, val_unknown, ("energy", "react", "mls"),
+                            feature_layer="hidden", train_data=data["train"],
+                            grids={"react": {"percentile": (10.0, 50.0, 99.0)}})
     hidden, z = numpy_forward(model, val_known[0].astype(np.float64))
     hidden_u, z_u = numpy_forward(model, val_unknown.astype(np.float64))
     train_hidden, _ = numpy_forward(model, data["train"][0].astype(np.float64))
@@ -101,6 +105,14 @@ def test_tuning_picks_the_best_validation_auroc_and_stores_it(data):
                       [ref.react(f, train_hidden, w, b, p) for f in hidden_u]) for p in (10.0, 50.0, 99.0)}
     best_t = max(energy, key=energy.get)  # the first of equal values, as the grid order
     best_p = max(react, key=react.get)
+    # An end of the grid that beats every other value is reported as an edge (and warned).
+    for name, option, aurocs, best in (("energy", "temperature", energy, best_t),
+                                       ("react", "percentile", react, best_p)):
+        end = {min(aurocs): "lowest", max(aurocs): "highest"}.get(best)
+        beats = aurocs[best] > max(v for k, v in aurocs.items() if k != best)
+        expected = {option: end} if end and beats else None
+        assert tuned[name].get("edge") == expected, (name, aurocs)
+        assert (f"the best {option} of {name!r}" in " ".join(str(w.message) for w in record)) == bool(expected)
     assert tuned["energy"]["options"] == {"temperature": best_t}
     assert tuned["energy"]["auroc"] == pytest.approx(energy[best_t])
     assert [t["auroc"] for t in tuned["energy"]["trials"]] == pytest.approx(list(energy.values()))
@@ -112,6 +124,26 @@ def test_tuning_picks_the_best_validation_auroc_and_stores_it(data):
     with pytest.raises(ValueError, match="at least one value"):
         tune_scores(model, val_known, val_unknown, ("react",), feature_layer="hidden",
                     train_data=data["train"], grids={"react": {"percentile": ()}})
+
+
+def test_an_edge_is_a_best_end_of_the_grid_that_beats_every_other_value():
+    from keras_gradmix.osr.tuning import _edges
+
+    def trials(aurocs):  # {(k, m): auroc} in grid order
+        return [{"options": {"k": k, "m": m}, "auroc": a} for (k, m), a in aurocs.items()]
+
+    grid = {"k": (50, 100, 200), "m": (1, 2)}
+    aurocs = {(50, 1): 0.9, (50, 2): 0.8, (100, 1): 0.85, (100, 2): 0.7, (200, 1): 0.6, (200, 2): 0.6}
+    with pytest.warns(UserWarning, match=r"the best k of 'knn' on validation is 50, the lowest "
+                                         r"value of its grid \(50, 100, 200\); a lower one"):
+        assert _edges("knn", grid, trials(aurocs), (0.9, {"k": 50, "m": 1})) == {"k": "lowest", "m": "lowest"}
+    aurocs[(200, 2)] = 0.95
+    with pytest.warns(UserWarning, match="grids={'knn': {'m': "):
+        assert _edges("knn", grid, trials(aurocs), (0.95, {"k": 200, "m": 2})) == {"k": "highest", "m": "highest"}
+    aurocs[(100, 1)] = 0.95  # ties it: k = 100 is no end, and m = 1 does not beat m = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _edges("knn", grid, trials(aurocs), (0.95, {"k": 100, "m": 1})) == {}
 
 
 def test_tuning_odin_searches_temperature_and_noise(data):

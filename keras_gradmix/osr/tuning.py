@@ -19,6 +19,7 @@ rows = evaluate_ood(model, x_test, ood_sets, ("energy", "react"), feature_layer=
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Mapping, Sequence
 
 from keras_gradmix.osr import scores as score_lib
@@ -74,7 +75,10 @@ def tune_scores(
     Returns:
         ``{score: {"options": best, "auroc": its validation AUROC, "trials":
         [{"options", "auroc"}, ...], "scorer": the fitted scorer with the best
-        options (fitted scores only; ``scorer.options`` says them)}}``.
+        options (fitted scores only; ``scorer.options`` says them), "edge":
+        {option: "lowest" | "highest"} (only where the best value is an end of
+        its grid and beats the others: a ``UserWarning`` says so, since a value
+        beyond it may be better)}}``.
     """
     scores = check_scores(scores, feature_layer, train_data)
     grids = {**GRIDS, **(grids or {})}
@@ -108,10 +112,35 @@ def tune_scores(
             if best is None or auroc > best[0]:
                 best = (auroc, options, scorer)
         results[name] = {"options": best[1], "auroc": best[0], "trials": trials}
+        edge = _edges(name, grids.get(name, {}), trials, best[:2])
+        if edge:
+            results[name]["edge"] = edge
         if best[2] is not None:
             best[2].validation_auroc = best[0]
             results[name]["scorer"] = best[2]
     return results
+
+
+def _edges(name: str, grid: Mapping[str, Sequence], trials: list[dict], best: tuple) -> dict:
+    """``{option: "lowest" | "highest"}`` for each option whose best value is an
+    end of its grid and beats every other value of it: the search then says
+    only "this end or beyond" (warned, with the fix)."""
+    edges = {}
+    auroc, options = best
+    for option, values in grid.items():
+        value = options[option]
+        if len(set(values)) < 2 or value not in (min(values), max(values)):
+            continue
+        others = [t["auroc"] for t in trials if t["options"][option] != value]
+        if auroc > max(others):
+            edges[option] = "lowest" if value == min(values) else "highest"
+            beyond = "lower" if edges[option] == "lowest" else "higher"
+            warnings.warn(
+                f"tune_scores: the best {option} of {name!r} on validation is {value}, the "
+                f"{edges[option]} value of its grid {tuple(values)}; a {beyond} one may score "
+                f"better. Pass grids={{{name!r}: {{{option!r}: (...)}}}} reaching beyond it.",
+                stacklevel=3)
+    return edges
 
 
 def tuned_options(tuned: dict) -> dict:
