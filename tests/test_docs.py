@@ -197,3 +197,34 @@ def test_the_readme_mode_table_quotes_the_options_guide():
         assert numbers, row
         for number in numbers:
             assert number in guide, (row, number)
+
+
+def _outlier_differences(stage: str, key: str) -> dict:
+    """The outlier study's paired differences to plain per cell, as text with
+    the pages' minus sign, from docs/results/outliers_<stage>.json's runs."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import paired_differences, paired_text
+
+    rows = json.loads((ROOT / f"docs/results/outliers_{stage}.json").read_text())["rows"]
+    return {d["cell"]: paired_text(d).replace("-", "−")
+            for d in paired_differences(rows, key, "plain", by="cell")}
+
+
+def test_the_outlier_screen_is_quoted_from_its_committed_runs():
+    """The results guide's screen table gives every variant's ΔAUROC (MLS), ΔAUROC
+    (kNN) and Δaccuracy to plain as docs/results/outliers_screen.json's runs do,
+    and names the variant the screen chose."""
+    import json
+
+    meta = json.loads((ROOT / "docs/results/outliers_screen.json").read_text())["meta"]
+    assert meta["runs"] == meta["wanted"] == 52
+    text = _flat("docs/guides/results.md")
+    columns = [_outlier_differences("screen", key)
+               for key in ("mls/auroc", "knn/auroc", "mls/accuracy")]
+    for cell in columns[0]:
+        row = f"| `{cell}` | " + " | ".join(column[cell] for column in columns) + " |"
+        assert row in text, row
+    assert f"(`{meta['best']}`), {columns[0][meta['best']]}" in text
