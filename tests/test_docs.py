@@ -199,9 +199,9 @@ def test_the_readme_mode_table_quotes_the_options_guide():
             assert number in guide, (row, number)
 
 
-def _outlier_differences(stage: str, key: str) -> dict:
-    """The outlier study's paired differences to plain per cell, as text with
-    the pages' minus sign, from docs/results/outliers_<stage>.json's runs."""
+def _outlier_differences(stage: str, key: str, baseline: str = "plain") -> dict:
+    """The outlier study's paired differences to ``baseline`` per cell, as text
+    with the pages' minus sign, from docs/results/outliers_<stage>.json's runs."""
     import json
     import sys
 
@@ -209,8 +209,10 @@ def _outlier_differences(stage: str, key: str) -> dict:
     from common import paired_differences, paired_text
 
     rows = json.loads((ROOT / f"docs/results/outliers_{stage}.json").read_text())["rows"]
+    if baseline != "plain":
+        rows = [r for r in rows if r["cell"] != "plain"]
     return {d["cell"]: paired_text(d).replace("-", "−")
-            for d in paired_differences(rows, key, "plain", by="cell")}
+            for d in paired_differences(rows, key, baseline, by="cell")}
 
 
 def test_the_outlier_screen_is_quoted_from_its_committed_runs():
@@ -228,3 +230,27 @@ def test_the_outlier_screen_is_quoted_from_its_committed_runs():
         row = f"| `{cell}` | " + " | ".join(column[cell] for column in columns) + " |"
         assert row in text, row
     assert f"(`{meta['best']}`), {columns[0][meta['best']]}" in text
+
+
+def test_the_powered_outlier_result_is_quoted_from_its_committed_runs():
+    """README, the results guide and the options guide quote the powered outlier
+    study (the screen's variant against plain on 20 pairs: MLS and kNN AUROC) as
+    docs/results/outliers_powered.json's runs give them; the results guide's
+    table has each cell's difference to plain and the peak − random contrast."""
+    import json
+
+    meta = json.loads((ROOT / "docs/results/outliers_powered.json").read_text())["meta"]
+    assert meta["runs"] == meta["wanted"] == 60 and meta["chosen_from_screen"]
+    variant = meta["best"] or [c for c in meta["cells"] if c != "plain" and "random" not in c][0]
+    keys = ("mls/auroc", "knn/auroc", "energy-tuned/auroc", "react-tuned/auroc", "mls/accuracy")
+    to_plain = [_outlier_differences("powered", key) for key in keys]
+    to_random = [_outlier_differences("powered", key, f"{variant}-random") for key in keys]
+    for page in ("README.md", "docs/guides/results.md", "docs/guides/options.md"):
+        for cell in (to_plain[0][variant], to_plain[1][variant]):
+            assert cell in _flat(page), (page, cell)
+    text = _flat("docs/guides/results.md")
+    for cell in (variant, f"{variant}-random"):
+        row = f"| `{cell}` − plain | " + " | ".join(c[cell] for c in to_plain) + " |"
+        assert row in text, row
+    row = " | ".join(c[variant] for c in to_random)
+    assert f"| peak − random (`{variant}` − its twin) | {row} |" in text, row
