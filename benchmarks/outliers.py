@@ -153,7 +153,9 @@ def run_one(data, val, cell, split, seed, epochs, batch_size) -> dict:
 def flatten(runs) -> list[dict]:
     rows = []
     for r in runs:
-        row = {"cell": r["cell"], "split": r["split"], "seed": r["seed"], "seconds": r["train_seconds"]}
+        row = {"cell": r["cell"], "split": r["split"], "seed": r["seed"], "seconds": r["train_seconds"],
+               # the measured masked share: placements compare only at equal real area
+               "area": r.get("masking", {}).get("gradmix_area", [None])[-1]}
         for key in METRICS.values():
             name, metric = key.split("/")
             row[key] = 100 * r["results"][name][metric]
@@ -186,6 +188,8 @@ def table(rows, cells, contrasts) -> tuple[str, str]:
             row[label] = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
         for label, key in list(METRICS.items())[:6]:
             row[f"Δ{label} vs plain"] = "–" if cell == "plain" else paired_text(diffs[key].get(cell))
+        areas = [r["area"] for r in own if r["area"] is not None]
+        row["masked share (last epoch)"] = f"{np.mean(areas):.3f}" if areas else "–"
         row["train s / run"] = f"{np.median([r['seconds'] for r in own]):.0f}"
         means.append(row)
     out = []
