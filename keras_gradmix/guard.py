@@ -1,7 +1,10 @@
 """Nothing bad reaches the weights, on any batch, on any backend.
 
-Every train step judges its own update on the device: the loss terms and the
-gradients must be finite, and the labels must be classes of the model. A bad
+Every train step judges its own update on the device: the floating inputs, the
+loss terms and the gradients must be finite, and the labels must be classes of
+the model. (The inputs are checked themselves, not through the loss: a fused
+kernel may turn a NaN pixel into a finite activation, e.g. oneDNN's
+Conv2D+ReLU under ``mixed_float16``, and the loss then says nothing.) A bad
 batch applies no update: the optimizer step is skipped (``ops.cond``, as
 Keras' ``LossScaleOptimizer`` skips non-finite steps) and the statistics its
 forward passes wrote (BatchNorm) are put back, so weights and optimizer state
@@ -23,25 +26,31 @@ from keras import ops
 
 from keras_gradmix.objectives import TERMS
 
-PROBLEMS = (*TERMS, "gradients", "labels")  # bit i of a step's problem code
+PROBLEMS = (*TERMS, "gradients", "labels", "inputs")  # bit i of a step's problem code
 HELD = "gradmix_held"  # in a step's logs: 1 if it applied no update (taken out by fit)
 
 
-def batch_problems(terms: dict, bad_labels=None):
+def batch_problems(terms: dict, bad_labels=None, inputs=None):
     """An int32 code: bit ``PROBLEMS.index(term)`` for each non-finite loss
-    term, and the ``labels`` bit when ``bad_labels`` (a bool scalar) is true."""
+    term, the ``labels`` bit when ``bad_labels`` (a bool scalar) is true, and
+    the ``inputs`` bit when a floating tensor of ``inputs`` (a tensor or a
+    structure of them) holds a NaN or inf (integer ones, token ids, are skipped)."""
     names = [name for name in TERMS if name in terms]
     values = ops.stack([ops.cast(ops.reshape(terms[n], ()), "float32") for n in names])
     bits = ops.convert_to_tensor([2 ** PROBLEMS.index(n) for n in names], "int32")
     code = ops.sum(ops.where(ops.isfinite(values), 0, bits))
     if bad_labels is not None:
         code = code + ops.where(bad_labels, 2 ** PROBLEMS.index("labels"), 0)
+    if inputs is not None:
+        floats = [t for t in keras.tree.flatten(inputs)
+                  if "float" in keras.backend.standardize_dtype(t.dtype)]
+        code = code + ops.where(all_finite(floats), 0, 2 ** PROBLEMS.index("inputs"))
     return code
 
 
-def all_finite(gradients):
-    """Whether every gradient is finite (None gradients are skipped)."""
-    checks = [ops.all(ops.isfinite(g)) for g in gradients if g is not None]
+def all_finite(tensors):
+    """Whether every tensor is finite (None ones are skipped)."""
+    checks = [ops.all(ops.isfinite(t)) for t in tensors if t is not None]
     return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
 
 
@@ -161,6 +170,8 @@ def message(record, call: str = "fit") -> tuple[type, str] | None:
     terms = [name for bit, name in enumerate(TERMS) if code & 2**bit]
     where = f"at epoch {epoch}, batch {batch}" if call == "fit" else "in this train_on_batch batch"
     problems = []
+    if code & 2 ** PROBLEMS.index("inputs"):
+        problems.append(f"the inputs are not finite {where} (NaN or inf values in x)")
     if terms:
         problems.append(
             f"the loss is not finite {where}: the {' and '.join(terms)} term"
@@ -172,7 +183,8 @@ def message(record, call: str = "fit") -> tuple[type, str] | None:
         problems.append(
             f"some labels {where} are not classes of the model (class indices must lie in "
             f"[0, classes)); remap or drop them")
-    error = ValueError if not (terms or code & 2 ** PROBLEMS.index("gradients")) else FloatingPointError
+    not_finite = terms or code & (2 ** PROBLEMS.index("gradients") | 2 ** PROBLEMS.index("inputs"))
+    error = FloatingPointError if not_finite else ValueError
     outcome = (
         "No update was applied from that batch on: the weights and the optimizer state are "
         "those before it (the batch counts the steps of the epoch from 0), and fit stopped."

@@ -372,9 +372,12 @@ class GradMixModel(keras.Model):
         """Labels outside the model's classes replaced, so that no loss kernel fails."""
         return self.objective.label_problem(self, y, y_pred)[0]
 
-    def step_problems(self, terms: dict, y, y_pred):
-        """The batch's problem code: non-finite terms, labels outside the classes."""
-        return guard.batch_problems(terms, self.objective.label_problem(self, y, y_pred)[1])
+    def step_problems(self, terms: dict, x, y, y_pred):
+        """The batch's problem code: non-finite terms, labels outside the
+        classes, and non-finite floating inputs (unless ``check_inputs=False``:
+        a model may read NaN as "missing" on purpose)."""
+        return guard.batch_problems(terms, self.objective.label_problem(self, y, y_pred)[1],
+                                    x if self.options.check_inputs else None)
 
     def clean_loss(self, x, y, y_pred, sample_weight, training=True):
         y = self.safe_labels(y, y_pred)

@@ -364,14 +364,16 @@ CASES = [
          r"the loss is not finite at epoch 0, batch 0: the masked term", nan_in_the_masked_pass,
          error=FloatingPointError),
     Case("nan-later", "a NaN pixel in a batch after the first", "training",
-         r"not finite at epoch 0, batch 1.*No update was applied from that batch on.*fit stopped",
+         r"the inputs are not finite at epoch 0, batch 1.*No update was applied from that batch "
+         r"on.*fit stopped",
          lambda b: fit(compiled(layer="conv2"), _spoiled(b[0], np.nan), b[1], batch_size=4),
          error=FloatingPointError),
     Case("label-later", "a label outside the classes in a batch after the first", "training",
          r"labels at epoch 0, batch 1 are not classes of the model",
          lambda b: fit(compiled(layer="conv2"), b[0], _spoiled(b[1], 12), batch_size=4)),
     Case("train_on_batch-nan", "a NaN pixel in a later train_on_batch call", "training",
-         r"not finite in this train_on_batch batch.*No update was applied: the weights and the "
+         r"the inputs are not finite in this train_on_batch batch.*No update was applied: the "
+         r"weights and the "
          r"optimizer state are those before the call",
          lambda b: _twice(b, x=_spoiled(b[0], np.nan)), error=FloatingPointError),
     # ------------------------------------------------------------ later calls
@@ -432,7 +434,7 @@ def markdown() -> str:
         f"{len(CASES)} checks, {sum(c.where == 'construction' for c in CASES)} at construction. "
         "Warnings (not errors): every attribution map of the chosen layer flat on the first "
         "batch (nothing would be masked; the layer to use instead is named), soft labels "
-        "whose rows do not sum to 1. `check_inputs=False` skips the first-batch checks.", "",
+        "whose rows do not sum to 1. `check_inputs=False` skips the first-batch checks and the training check of finite inputs.", "",
         "| # | bad input | where | error | message (pattern) |", "|---|---|---|---|---|",
     ]
     for number, case in enumerate(CASES, 1):

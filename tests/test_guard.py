@@ -38,7 +38,7 @@ def bad_batch(mnist, kind):
 
 @pytest.mark.parametrize("jit", jit_choices())
 @pytest.mark.parametrize("kind,error,match", [
-    ("nan", FloatingPointError, "not finite at epoch 1, batch 3"),
+    ("nan", FloatingPointError, "the inputs are not finite at epoch 1, batch 3"),
     ("label", ValueError, r"labels at epoch 1, batch 3 are not classes of the model"),
 ])
 def test_a_bad_later_batch_applies_no_update_and_fit_names_it(mnist, kind, error, match, jit):
@@ -162,9 +162,55 @@ def test_a_nan_image_under_loss_scaling_is_still_a_bad_batch(mixed_float16):
     gm = GradMixModel(model, "conv2", seed=0)
     gm.compile(optimizer="adam", loss=sparse_ce())  # compile wraps it in a LossScaleOptimizer
     assert isinstance(gm.optimizer, keras.optimizers.LossScaleOptimizer)
-    with pytest.raises(FloatingPointError, match="loss is not finite at epoch 0, batch 2"):
+    # Named from the inputs themselves: on CPUs where oneDNN fuses Conv2D+ReLU
+    # in float16 the NaN becomes a finite activation and the loss stays finite.
+    with pytest.raises(FloatingPointError, match="inputs are not finite at epoch 0, batch 2"):
         gm.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)
+
+
+def nan_blind_cnn():
+    """A CNN that reads NaN as 0, as a fused kernel may: its loss and gradients
+    stay finite on a NaN image."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Lambda(lambda t: keras.ops.nan_to_num(t, nan=0.0))(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+@pytest.mark.parametrize("jit", jit_choices())
+def test_a_nan_image_is_a_bad_batch_even_when_the_loss_stays_finite(jit):
+    """The guard checks the inputs, not only the loss: batch 1's NaN image
+    stops fit and applies no update although every loss term is finite;
+    with check_inputs=False (a model that reads NaN as "missing" on purpose)
+    it trains."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 10, 64)
+    x[40] = np.nan  # batch 1 of 2
+
+    def fitted(check):
+        model = nan_blind_cnn()
+        gm = GradMixModel(model, "conv2", seed=0, check_inputs=check)
+        gm.compile(optimizer="adam", loss=sparse_ce(), jit_compile=jit)
+        gm.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+        return model, gm
+
+    model, gm = fitted(True)
+    with pytest.raises(FloatingPointError, match="the inputs are not finite at epoch 0, batch 1") \
+            as caught:
+        gm.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert "the loss is not finite" not in str(caught.value)  # the loss alone misses it
+    reference, ref = fitted(True)  # the same calls without the bad batch
+    ref.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.weights + gm.optimizer.variables, reference.weights + ref.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))  # batch 0's update only
+    model, gm = fitted(False)
+    history = gm.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+    assert int(to_numpy(gm.optimizer.iterations)) == 3
 
 
 @pytest.mark.parametrize("verbose", [0, 1])

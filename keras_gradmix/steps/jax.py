@@ -159,7 +159,7 @@ def train_step(gm, state, data):
             loss = sum(terms.values())
             scaled = gm.optimizer.scale_loss(loss)
         updated = _current(scope, gm.non_trainable_variables), _current(scope, gm.metrics_variables)
-        return scaled, (loss, y_pred, updated, gm.step_problems(terms, y, y_pred), masked)
+        return scaled, (loss, y_pred, updated, gm.step_problems(terms, x, y, y_pred), masked)
 
     (_, (loss, y_pred, (updated, metrics_variables), code, masked)), grads = jax.value_and_grad(
         loss_fn, has_aux=True

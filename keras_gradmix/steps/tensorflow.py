@@ -89,7 +89,7 @@ def train_step(gm, data):
     trainable_weights = gm.trainable_weights
     gradients = tape.gradient(loss, trainable_weights)
     del tape
-    ok = guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients)
+    ok = guard.verdict(gm, gm.step_problems(terms, x, y, y_pred), gradients)
     guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
     guard.keep_if_bad(ok, statistics, before)
     logs = gm.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -113,7 +113,7 @@ def train_step(gm, data):
         loss.backward()
         gradients = _averaged_over_processes([v.value.grad for v in trainable_weights])
     with torch.no_grad():
-        ok = guard.verdict(gm, gm.step_problems(terms, y, y_pred), gradients)
+        ok = guard.verdict(gm, gm.step_problems(terms, x, y, y_pred), gradients)
         if trainable_weights:
             guard.apply_if(gm.optimizer, ok, gradients, trainable_weights)
         guard.keep_if_bad(ok, statistics, before)
