@@ -108,6 +108,9 @@ def test_messages_name_every_problem():
     assert "labels at epoch 4, batch 17 are not classes" in text
     assert message([0, 0, 0]) is None
     assert message([2 ** PROBLEMS.index("labels"), 0, 0])[0] is ValueError
+    error, text = message([2 ** PROBLEMS.index("inputs"), 0, 3])
+    assert error is FloatingPointError
+    assert "the inputs are not finite at epoch 0, batch 3" in text and "loss" not in text.split(".")[0]
 
 
 # ------------------------------------------------------------ mixed precision
