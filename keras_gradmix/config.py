@@ -282,9 +282,8 @@ class GradMixConfig:
         seed: int for reproducible masks (one backend reproduces its own run).
         check_inputs: look at the first batch of every ``fit`` before training
             (pixels finite and in ``value_range``, labels valid class indices,
-            see :mod:`keras_gradmix.inspection`), and in every step that the
-            floating inputs are finite (:mod:`keras_gradmix.guard`); False
-            skips both (for a model that reads NaN as "missing" on purpose).
+            :mod:`keras_gradmix.inspection`) and every step's floating inputs
+            (finite, :mod:`keras_gradmix.guard`); False skips both.
         check_every: after a bad batch ``fit`` stops at the next step's end
             where Keras reads the logs at once (TensorFlow), and at the latest
             this many steps after it (JAX and PyTorch read them in a thread):
