@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gradmix  # noqa: E402
+from common import machine  # noqa: E402
 from keras_gradmix.data import load_arrays  # noqa: E402
 from keras_gradmix.zoo import lean_cnn, resnet18, small_cnn  # noqa: E402
 
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
                     f"images; box area {args.area}, blanked to 0",
         "versions": {"keras": keras.__version__, "backend": keras.backend.backend(),
                      "keras_gradmix": keras_gradmix.__version__},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine(),
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)

@@ -9,6 +9,7 @@ pooling; layers stage2 + stage3). Writes docs/results/<name>.{json,md}.
 
     python benchmarks/flat_maps.py [--epochs 3]                    # flat_maps.*
     python benchmarks/flat_maps.py --model lean_cnn --name flat_maps_lean_cnn
+    python benchmarks/flat_maps.py --smoke --out /tmp/flat    # 64 + 32 digits, 1 epoch
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import machine  # noqa: E402
 from keras_gradmix import GradMixModel  # noqa: E402
 from keras_gradmix.data import mnist_digits  # noqa: E402
 from keras_gradmix.zoo import lean_cnn, small_cnn  # noqa: E402
@@ -46,7 +47,7 @@ def flat_shares(gm, x, y):
     return shares
 
 
-def main():
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
@@ -54,10 +55,16 @@ def main():
     parser.add_argument("--train-attribution", default="gradcam", choices=METHODS,
                         help="attribution of the GradMix training (the default before 0.2)")
     parser.add_argument("--name", default="flat_maps")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="64 training and 32 held-out "
+                        "digits, 1 epoch: checks the plumbing, not the shares")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs = 1
 
     x, y = mnist_digits(seed=0)
-    (x_train, y_train), (x_test, y_test) = (x[:4000], y[:4000]), (x[4000:4500], y[4000:4500])
+    train, test = (64, 32) if args.smoke else (4000, 500)
+    x_train, y_train = x[:train], y[:train]
+    x_test, y_test = x[4000:4000 + test], y[4000:4000 + test]
     if args.model == "small_cnn":
         model, layer = small_cnn(0), "conv2"
     else:
@@ -70,10 +77,11 @@ def main():
         rows.append({"epoch": epoch, **flat_shares(gm, x_test, y_test)})
 
     meta = {
-        "command": " ".join(["python benchmarks/flat_maps.py", *sys.argv[1:]]),
+        "command": " ".join(["python benchmarks/flat_maps.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "keras": keras.__version__,
         "tensorflow": __import__("tensorflow").__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine(),
         "model": f"{args.model}, attributed layer(s) {layer}, trained with GradMix "
                  f"(attribution={args.train_attribution}, other options default), seed 0",
     }
@@ -85,7 +93,7 @@ def main():
         "# Share of held-out images with a flat attribution map",
         "",
         "A flat map has no peak; GradMix leaves such an image unmasked. "
-        f"Model: {meta['model']}; 500 held-out MNIST digits, inference mode.",
+        f"Model: {meta['model']}; {test} held-out MNIST digits, inference mode.",
         "",
         "| epoch | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -98,6 +106,7 @@ def main():
     with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return {"meta": meta, "rows": rows}
 
 
 if __name__ == "__main__":

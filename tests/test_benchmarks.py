@@ -131,6 +131,29 @@ def test_faithfulness_smoke_writes_a_row_per_layer_and_attribution(tmp_path):
     assert text.count("| small_cnn (") == 6
 
 
+def test_flat_maps_counts_flat_maps_and_its_smoke_writes_every_column(tmp_path):
+    import flat_maps
+    from keras_gradmix import GradMixModel
+
+    x, y = np.random.default_rng(0).random((8, 28, 28, 1), "float32"), np.arange(8)
+    model = small_cnn(0)
+    model.get_layer("conv2").set_weights([np.zeros_like(w) for w in model.get_layer("conv2").get_weights()])
+    dead = GradMixModel(model, "conv2", seed=0)  # conv2 is all zeros: every map is flat
+    alive = GradMixModel(small_cnn(0), "conv2", seed=0)
+    for gm in (dead, alive):  # the "loss" target needs the compiled loss
+        gm.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert set(flat_maps.flat_shares(dead, x, y).values()) == {1.0}
+    assert max(flat_maps.flat_shares(alive, x, y).values()) < 1.0
+
+    result = flat_maps.main(["--smoke", "--out", str(tmp_path)])
+    columns = [f"{m}/{t}" for m in flat_maps.METHODS for t in flat_maps.TARGETS]
+    assert [sorted(r) for r in result["rows"]] == [sorted(["epoch", *columns])] * 2
+    assert all(0.0 <= r[c] <= 1.0 for r in result["rows"] for c in columns)
+    text = (tmp_path / "flat_maps.md").read_text()
+    assert "`python benchmarks/flat_maps.py --smoke --out" in text and "32 held-out" in text
+    assert json.loads((tmp_path / "flat_maps.json").read_text()) == result
+
+
 def test_shortcut_cues_are_where_the_labels_say():
     import shortcut
 
