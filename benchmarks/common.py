@@ -187,7 +187,8 @@ def parse_methods(parser, text: str, choices) -> list[str]:
 
 def cached_run(path: str, epochs: int, title: str, compute) -> dict:
     """The run stored at ``path`` if it trained for ``epochs``, else
-    ``compute()``, stored there once complete (so a study resumes)."""
+    ``compute()`` with the ``machine`` it ran on, stored there once complete
+    (so a study resumes)."""
     if os.path.exists(path):
         with open(path) as f:
             run = json.load(f)
@@ -196,6 +197,8 @@ def cached_run(path: str, epochs: int, title: str, compute) -> dict:
             return run
     print(f"== {title} ==", flush=True)
     run = compute()
+    # Where it trained: a study's runs may come from machines of different speed.
+    run.setdefault("machine", machine())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(run, f, indent=1)
@@ -204,8 +207,24 @@ def cached_run(path: str, epochs: int, title: str, compute) -> dict:
 
 
 def machine() -> str:
-    """Architecture, CPU count and platform, for result files."""
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    """Architecture, CPU count, platform and, on Linux, the CPU's model and
+    vector units (machines that look alike otherwise can differ by these, and
+    so do the studies' train times), for result files."""
+    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n")[0].splitlines()  # the first CPU
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first if ":" in line)}
+    except OSError:
+        return text
+    flags = set(info.get("flags", "").split())
+    units = ", ".join(name for flag, name in UNITS if flag in flags)
+    cpu = " ".join([" ".join(info.get("model name", "").split()), f"({units})" if units else ""])
+    return f"{text}, {cpu.strip()}" if cpu.strip() else text
+
+
+UNITS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_fp16", "AVX-512 FP16"),
+         ("amx_tile", "AMX"))
 
 
 # ------------------------------------------------- paired statistics

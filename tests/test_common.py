@@ -83,6 +83,18 @@ def test_mean_std_groups_in_first_seen_order():
                    {"method": "gradmix", "runs": 1, "auroc": 0.75, "auroc_std": 0.0}]
 
 
+def test_a_cached_run_records_its_machine_and_resumes_without_training(tmp_path):
+    from common import cached_run, machine
+
+    calls = []
+    path = str(tmp_path / "runs" / "plain.json")
+    run = cached_run(path, 3, "plain", lambda: calls.append(1) or {"epochs": 3, "auroc": 0.5})
+    assert run == {"epochs": 3, "auroc": 0.5, "machine": machine()}
+    assert machine().split(", ")[1] == f"{__import__('os').cpu_count()} CPUs"
+    assert cached_run(path, 3, "plain", lambda: calls.append(1)) == run and calls == [1]
+    assert cached_run(path, 4, "plain", lambda: {"epochs": 4})["epochs"] == 4  # another schedule
+
+
 def test_paired_differences_are_a_t_interval_over_matching_pairs():
     from scipy import stats
 
