@@ -171,7 +171,8 @@ def message(record, call: str = "fit") -> tuple[type, str] | None:
     where = f"at epoch {epoch}, batch {batch}" if call == "fit" else "in this train_on_batch batch"
     problems = []
     if code & 2 ** PROBLEMS.index("inputs"):
-        problems.append(f"the inputs are not finite {where} (NaN or inf values in x)")
+        problems.append(f"the inputs are not finite {where} (NaN or inf values in x; a model "
+                        f"that reads them on purpose trains with check_inputs=False)")
     if terms:
         problems.append(
             f"the loss is not finite {where}: the {' and '.join(terms)} term"
