@@ -373,8 +373,7 @@ CASES = [
          lambda b: fit(compiled(layer="conv2"), b[0], _spoiled(b[1], 12), batch_size=4)),
     Case("train_on_batch-nan", "a NaN pixel in a later train_on_batch call", "training",
          r"the inputs are not finite in this train_on_batch batch.*No update was applied: the "
-         r"weights and the "
-         r"optimizer state are those before the call",
+         r"weights and the optimizer state are those before the call",
          lambda b: _twice(b, x=_spoiled(b[0], np.nan)), error=FloatingPointError),
     # ------------------------------------------------------------ later calls
     Case("train_on_batch-onehot", "one-hot labels with a sparse loss in a later train_on_batch "
@@ -434,7 +433,8 @@ def markdown() -> str:
         f"{len(CASES)} checks, {sum(c.where == 'construction' for c in CASES)} at construction. "
         "Warnings (not errors): every attribution map of the chosen layer flat on the first "
         "batch (nothing would be masked; the layer to use instead is named), soft labels "
-        "whose rows do not sum to 1. `check_inputs=False` skips the first-batch checks and the training check of finite inputs.", "",
+        "whose rows do not sum to 1. `check_inputs=False` skips the first-batch checks and "
+        "the training check of finite inputs.", "",
         "| # | bad input | where | error | message (pattern) |", "|---|---|---|---|---|",
     ]
     for number, case in enumerate(CASES, 1):
