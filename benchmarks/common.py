@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from typing import Mapping, Sequence
 
@@ -28,6 +27,7 @@ from keras_gradmix.data import load_arrays, osr_classes, two_views
 from keras_gradmix.model import GradMixModel
 from keras_gradmix.osr import evaluate_model_open_set
 from keras_gradmix.zoo import lean_cnn
+from timing import machine  # one description of the machine for every result file
 
 METHODS = ("plain", "cutmix", "mixup", "gradmix", "gradmix-replace", "supcon", "supcon+gradmix")
 SSL_METHODS = ("simclr", "simclr+gradmix")  # no labels: for a linear probe, not an OSR table
@@ -204,27 +204,6 @@ def cached_run(path: str, epochs: int, title: str, compute) -> dict:
         json.dump(run, f, indent=1)
     os.replace(path + ".tmp", path)  # a run counts only once complete
     return run
-
-
-def machine() -> str:
-    """Architecture, CPU count, platform and, on Linux, the CPU's model and
-    vector units (machines that look alike otherwise can differ by these, and
-    so do the studies' train times), for result files."""
-    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
-    try:
-        with open("/proc/cpuinfo") as f:
-            first = f.read().split("\n\n")[0].splitlines()  # the first CPU
-        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first if ":" in line)}
-    except OSError:
-        return text
-    flags = set(info.get("flags", "").split())
-    units = ", ".join(name for flag, name in UNITS if flag in flags)
-    cpu = " ".join([" ".join(info.get("model name", "").split()), f"({units})" if units else ""])
-    return f"{text}, {cpu.strip()}" if cpu.strip() else text
-
-
-UNITS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_fp16", "AVX-512 FP16"),
-         ("amx_tile", "AMX"))
 
 
 # ------------------------------------------------- paired statistics

@@ -56,14 +56,20 @@ def ratios(median: dict) -> dict:
     return out
 
 
+UNITS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_fp16", "AVX-512 FP16"),
+         ("amx_tile", "AMX"))
+
+
 def machine() -> str:
-    """Architecture, CPU model and logical CPU count, for result files."""
-    cpu = "unknown CPU"
+    """Architecture, CPU count, platform and, on Linux, the CPU's model and
+    vector units (machines that look alike otherwise can differ by these, and
+    so do train times), for result files."""
+    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first CPU
     except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs"
+        return text
+    info = dict(map(str.strip, line.split(":", 1)) for line in first.splitlines() if ":" in line)
+    units = ", ".join(name for flag, name in UNITS if flag in info.get("flags", "").split())
+    cpu = " ".join(filter(None, [info.get("model name"), units and f"({units})"]))
+    return f"{text}, {cpu}" if cpu else text
